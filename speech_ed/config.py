@@ -1,0 +1,272 @@
+"""Experiment configuration: a dataclass schema, YAML files and ``key=value`` overrides merged with OmegaConf.
+
+Merge order (later wins): schema defaults < ``conf/model/<model_preset>.yaml`` < each YAML file given <
+command-line ``key=value`` overrides. Unknown keys, wrong types and impossible combinations raise
+:class:`ConfigError` naming the field, before any data is read.
+
+Usage::
+
+    cfg = load_config(["recipes/espeak_multilingual/config.yaml"], ["optim.lr=1e-3", "model_preset=tiny"])
+    save_config(cfg, "exp/espeak_multilingual/run0/config.resolved.yaml")
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from speech_ed.models.dims import ModelDims
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+MODEL_PRESET_DIR = CONF_DIR / "model"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any data is read."""
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 512
+    """SentencePiece pieces, special tokens included."""
+    model_type: str = "bpe"
+    """'bpe' or 'unigram'."""
+    path: str = ""
+    """Trained tokenizer (``tokenizer.model``); empty means ``<run_dir>/tokenizer/tokenizer.model``."""
+    pnc: bool = False
+    """Default punctuation-and-casing flag put into the prompt."""
+    languages: list[str] = field(default_factory=lambda: ["en", "de", "es", "it"])
+    """Languages that get a prompt token; a cut in another language is skipped and counted."""
+
+
+@dataclass
+class DataConfig:
+    manifest_dir: str = ""
+    """Folder with ``cuts_train.jsonl.gz``, ``cuts_dev.jsonl.gz``, ``cuts_test.jsonl.gz``; empty means
+    ``<run_dir>/manifests``."""
+    sampler: str = "dynamic"
+    """'dynamic' (lhotse DynamicBucketingSampler, 1D), 'bucket2d' (speech_ed 2D bucketing) or 'random'."""
+    max_duration_s: float = 90.0
+    """Padding-aware budget: batch_size x longest utterance <= this, when no per-bucket sizes are given."""
+    quadratic_duration_s: Optional[float] = None
+    """Optional penalty: an utterance of d seconds counts as d + d^2 / q."""
+    num_buckets: int = 30
+    bucket_bins: str = ""
+    """``bucket_bins.yaml`` from ``speech-ed estimate-bins`` (needed by 'bucket2d')."""
+    bucket_batch_sizes: str = ""
+    """``bucket_batch_sizes.yaml`` from ``speech-ed oomptimize`` (optional, 'bucket2d' only)."""
+    shuffle: bool = True
+    sortagrad: bool = True
+    """First epoch runs shortest-first (helps the decoder align early)."""
+    buffer_size: int = 20000
+    num_workers: int = 1
+    """DataLoader worker processes reading audio (soundfile)."""
+    min_duration_s: float = 0.3
+    max_utterance_s: float = 30.0
+    """Longer utterances are skipped and counted."""
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    """Peak learning rate."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    weight_decay: float = 0.01
+    warmup_steps: int = 150
+    schedule: str = "cosine"
+    """'cosine' (to min_lr_ratio at the end of training) or 'inverse_sqrt'."""
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 5.0
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.1
+    ctc_weight: float = 0.3
+    """Weight of the auxiliary CTC loss (needs ``model.ctc_head``); the attention loss gets 1 - ctc_weight."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1500
+    max_time_min: Optional[float] = None
+    """Stop after this much training wall time; the cosine schedule then runs on elapsed time."""
+    precision: str = "bf16-mixed"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    num_threads: int = 0
+    """torch intra-op threads (0 = torch default)."""
+    log_every_n_steps: int = 10
+    val_every_n_steps: int = 0
+    """0 disables validation during training."""
+    checkpoint_every_n_steps: int = 500
+    logger: str = "csv"
+    """'csv' or 'wandb' (offline when no API key is configured)."""
+    wandb_project: str = "speech_ed"
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    beam_size: int = 1
+    length_penalty: float = 1.0
+    max_len_ratio: float = 0.6
+    """Decode at most max_len_ratio x encoder frames + 3 tokens."""
+    split: str = "test"
+
+
+@dataclass
+class ExperimentConfig:
+    recipe: str = "espeak_multilingual"
+    run: str = "default"
+    exp_dir: str = "exp"
+    seed: int = 0
+    model_preset: str = "small"
+    """Name of a file in conf/model/ whose values fill ``model`` before other overrides."""
+    model: ModelDims = field(default_factory=ModelDims)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.exp_dir) / self.recipe / self.run
+
+
+def list_model_presets() -> list[str]:
+    return sorted(p.stem for p in MODEL_PRESET_DIR.glob("*.yaml"))
+
+
+def load_model_preset(name: str) -> ModelDims:
+    """Return the :class:`ModelDims` of ``conf/model/<name>.yaml`` (validated against the schema)."""
+    path = MODEL_PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"model_preset={name!r}: no such preset; choose one of {list_model_presets()}")
+    merged = _merge(OmegaConf.structured(ModelDims), [OmegaConf.load(path)], f"model preset {path}")
+    return OmegaConf.to_object(merged)
+
+
+def _merge(base: DictConfig, parts: list, what: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, *parts)
+    except OmegaConfBaseException as e:  # unknown key or wrong type: name the field
+        key = getattr(e, "full_key", None) or "?"
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{what}: field {key!r}: {msg}") from None
+
+
+def load_config(yaml_paths: list[str | os.PathLike] = (), overrides: list[str] = ()) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig`.
+
+    Args:
+        yaml_paths: YAML files merged in order.
+        overrides: ``key=value`` strings (dotted keys), applied last.
+
+    Raises:
+        ConfigError: unknown key, wrong type or impossible combination, naming the field.
+    """
+    schema = OmegaConf.structured(ExperimentConfig)
+    parts = []
+    for p in yaml_paths:
+        if not Path(p).is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        parts.append(OmegaConf.load(p))
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not of the form key=value")
+    try:
+        cli = OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"overrides: {e}") from None
+    first = _merge(schema, parts + [cli], "config")
+    preset = load_model_preset(first.model_preset)
+    merged = _merge(schema, [OmegaConf.create({"model": OmegaConf.structured(preset)})] + parts + [cli], "config")
+    cfg: ExperimentConfig = OmegaConf.to_object(merged)
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: ExperimentConfig) -> None:
+    """Cross-field checks; each error names the field and the fix."""
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.trainer
+
+    def bad(field_name: str, why: str):
+        raise ConfigError(f"{field_name}: {why}")
+
+    if m.subsampling_factor not in (4, 8):
+        bad("model.subsampling_factor", f"must be 4 or 8, got {m.subsampling_factor}")
+    if m.subsampling not in ("conv2d", "dw_striding"):
+        bad("model.subsampling", f"must be 'conv2d' or 'dw_striding', got {m.subsampling!r}")
+    if m.encoder_dim % m.num_encoder_heads:
+        bad("model.encoder_dim", f"{m.encoder_dim} is not divisible by num_encoder_heads={m.num_encoder_heads}")
+    if m.decoder_dim % m.num_decoder_heads:
+        bad("model.decoder_dim", f"{m.decoder_dim} is not divisible by num_decoder_heads={m.num_decoder_heads}")
+    if m.pos_enc not in ("abs", "rel"):
+        bad("model.pos_enc", f"must be 'abs' or 'rel', got {m.pos_enc!r}")
+    if m.decoder_pos not in ("sinusoidal", "learned"):
+        bad("model.decoder_pos", f"must be 'sinusoidal' or 'learned', got {m.decoder_pos!r}")
+    if not 0.0 <= m.dropout < 1.0:
+        bad("model.dropout", f"must be in [0, 1), got {m.dropout}")
+    if cfg.loss.ctc_weight > 0 and not m.ctc_head:
+        bad("loss.ctc_weight", f"is {cfg.loss.ctc_weight} but model.ctc_head is false; set one of them")
+    if not 0.0 <= cfg.loss.ctc_weight < 1.0:
+        bad("loss.ctc_weight", f"must be in [0, 1), got {cfg.loss.ctc_weight}")
+    if cfg.tokenizer.model_type not in ("bpe", "unigram"):
+        bad("tokenizer.model_type", f"must be 'bpe' or 'unigram', got {cfg.tokenizer.model_type!r}")
+    if not cfg.tokenizer.languages:
+        bad("tokenizer.languages", "must list at least one language")
+    if d.sampler not in ("dynamic", "bucket2d", "random"):
+        bad("data.sampler", f"must be 'dynamic', 'bucket2d' or 'random', got {d.sampler!r}")
+    if d.sampler == "bucket2d" and not d.bucket_bins:
+        bad("data.bucket_bins", "data.sampler=bucket2d needs bucket bins; run `speech-ed estimate-bins` first")
+    if d.bucket_batch_sizes and d.sampler != "bucket2d":
+        bad("data.bucket_batch_sizes", "per-bucket batch sizes need data.sampler=bucket2d")
+    if d.max_duration_s <= 0:
+        bad("data.max_duration_s", f"must be positive, got {d.max_duration_s}")
+    if d.max_duration_s < d.max_utterance_s and not d.bucket_batch_sizes:
+        bad("data.max_duration_s", f"{d.max_duration_s} is below data.max_utterance_s={d.max_utterance_s}: "
+            "the longest utterance would not fit in a batch")
+    if d.quadratic_duration_s is not None and d.quadratic_duration_s <= 0:
+        bad("data.quadratic_duration_s", "must be positive or null")
+    if o.schedule not in ("cosine", "inverse_sqrt"):
+        bad("optim.schedule", f"must be 'cosine' or 'inverse_sqrt', got {o.schedule!r}")
+    if len(o.betas) != 2:
+        bad("optim.betas", f"needs two values, got {list(o.betas)}")
+    if o.lr <= 0:
+        bad("optim.lr", f"must be positive, got {o.lr}")
+    if t.max_steps <= 0:
+        bad("trainer.max_steps", f"must be positive, got {t.max_steps}")
+    if o.warmup_steps >= t.max_steps and t.max_time_min is None:
+        bad("optim.warmup_steps", f"{o.warmup_steps} is not below trainer.max_steps={t.max_steps}")
+    if t.logger not in ("csv", "wandb"):
+        bad("trainer.logger", f"must be 'csv' or 'wandb', got {t.logger!r}")
+    if t.precision not in ("bf16-mixed", "32-true", "16-mixed", "bf16-true"):
+        bad("trainer.precision", f"unsupported {t.precision!r}")
+    if cfg.eval.beam_size < 1:
+        bad("eval.beam_size", f"must be >= 1, got {cfg.eval.beam_size}")
+    if cfg.eval.split not in ("dev", "test"):
+        bad("eval.split", f"must be 'dev' or 'test', got {cfg.eval.split!r}")
+
+
+def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config atomically (write, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    os.replace(tmp, path)
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
