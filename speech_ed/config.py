@@ -124,6 +124,20 @@ class EvalConfig:
 
 
 @dataclass
+class PrepareConfig:
+    """Corpus preparation knobs read by a recipe's prepare stage (each recipe documents which it uses)."""
+
+    languages: list[str] = field(default_factory=lambda: ["es", "it"])
+    num_train: int = 6000
+    """Training utterances per language."""
+    num_dev: int = 50
+    num_test: int = 200
+    num_workers: int = 2
+    data_dir: str = ""
+    """Where an external corpus lives (e.g. LibriSpeech); unused by synthetic corpora."""
+
+
+@dataclass
 class ExperimentConfig:
     recipe: str = "espeak_multilingual"
     run: str = "default"
@@ -131,6 +145,7 @@ class ExperimentConfig:
     seed: int = 0
     model_preset: str = "small"
     """Name of a file in conf/model/ whose values fill ``model`` before other overrides."""
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     model: ModelDims = field(default_factory=ModelDims)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -224,6 +239,9 @@ def validate_config(cfg: ExperimentConfig) -> None:
         bad("loss.ctc_weight", f"must be in [0, 1), got {cfg.loss.ctc_weight}")
     if cfg.tokenizer.model_type not in ("bpe", "unigram"):
         bad("tokenizer.model_type", f"must be 'bpe' or 'unigram', got {cfg.tokenizer.model_type!r}")
+    missing = sorted(set(cfg.prepare.languages) - set(cfg.tokenizer.languages))
+    if missing:
+        bad("tokenizer.languages", f"lacks {missing}, which prepare.languages produces; add them")
     if not cfg.tokenizer.languages:
         bad("tokenizer.languages", "must list at least one language")
     if d.sampler not in ("dynamic", "bucket2d", "random"):

@@ -46,3 +46,6 @@ class ModelDims:
     freq_mask_width: int = 27
     time_masks: int = 5
     time_mask_ratio: float = 0.05
+    attention_impl: str = "auto"
+    """'matmul' (plain softmax(QK^T)V: fastest to train on CPU), 'sdpa' (fused kernel) or 'auto' (SDPA on CUDA,
+    matmul elsewhere)."""

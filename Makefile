@@ -1,0 +1,28 @@
+# speech_ed front door: every target is one command. `make help` lists them.
+RECIPE ?= espeak_multilingual
+VENV ?= .venv
+SPEECH_ED = $(VENV)/bin/speech-ed
+ARGS ?=
+
+.PHONY: help install recipe test test-all lint clean-exp
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: ## create .venv, install pinned Python packages and (as root) the corpus's Debian packages
+	@VENV=$(VENV) bash scripts/install.sh
+
+recipe: install ## run RECIPE (default espeak_multilingual) end to end; STAGE=, STOP_STAGE=, ARGS="key=value ..."
+	$(SPEECH_ED) recipe $(RECIPE) $(if $(STAGE),--stage $(STAGE)) $(if $(STOP_STAGE),--stop-stage $(STOP_STAGE)) $(if $(DATA_DIR),prepare.data_dir=$(DATA_DIR)) $(ARGS)
+
+test: install ## run the quick test suite (CPU, a few minutes)
+	WANDB_MODE=offline $(VENV)/bin/pytest
+
+test-all: install ## run every test, slow ones included
+	WANDB_MODE=offline $(VENV)/bin/pytest -m 'not gpu'
+
+lint: install ## ruff check (installs ruff into the venv)
+	$(VENV)/bin/pip install -q ruff==0.17.5 && $(VENV)/bin/ruff check speech_ed tests recipes
+
+clean-exp: ## delete exp/ (all runs)
+	rm -rf exp

@@ -1,0 +1,53 @@
+"""What every recipe shares: argument parsing and numbered, idempotent stages with ``.done`` markers.
+
+A recipe's ``prepare.py`` lists its stages as ``(name, function)`` pairs and calls :func:`run_recipe`::
+
+    def main(argv=None):
+        return run_recipe(Path(__file__).with_name("config.yaml"), STAGES, argv)
+
+Each stage function takes the resolved :class:`ExperimentConfig`. A finished stage writes
+``<run_dir>/.done/<N>_<name>``; re-running skips it (delete the marker, or pass ``--force``, to redo it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Callable
+
+from speech_ed.config import ExperimentConfig, load_config
+
+Stage = tuple[str, Callable[[ExperimentConfig], None]]
+
+
+def parse_recipe_args(argv: list[str] | None, default_config: Path, num_stages: int):
+    parser = argparse.ArgumentParser(description="run a speech_ed recipe's stages in order")
+    parser.add_argument("--config", action="append", default=None, help=f"YAML config (default {default_config})")
+    parser.add_argument("--stage", type=int, default=0, help="first stage to run")
+    parser.add_argument("--stop-stage", type=int, default=num_stages - 1, help="last stage to run")
+    parser.add_argument("--force", action="store_true", help="re-run stages even if marked done")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config or [default_config], args.overrides)
+    return cfg, args
+
+
+def run_recipe(default_config: Path, stages: list[Stage], argv: list[str] | None = None) -> int:
+    """Parse ``argv``, validate the config (before any data is read), then run the selected stages."""
+    cfg, args = parse_recipe_args(argv, default_config, len(stages))
+    done_dir = cfg.run_dir / ".done"
+    for n, (name, fn) in enumerate(stages):
+        if not args.stage <= n <= args.stop_stage:
+            continue
+        marker = done_dir / f"{n}_{name}"
+        if marker.exists() and not args.force:
+            print(f"Stage {n}: {name}: already done ({marker}), skipping", flush=True)
+            continue
+        print(f"Stage {n}: {name}", flush=True)
+        t0 = time.monotonic()
+        fn(cfg)
+        done_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{time.strftime('%Y-%m-%d %H:%M:%S')} took {time.monotonic() - t0:.1f} s\n")
+        print(f"Stage {n}: {name}: done in {time.monotonic() - t0:.1f} s", flush=True)
+    return 0

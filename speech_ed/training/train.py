@@ -1,0 +1,110 @@
+"""Training entry point, readable top to bottom.
+
+Usage::
+
+    speech-ed train --config recipes/espeak_multilingual/config.yaml run=my_run trainer.max_steps=200
+
+Writes under ``exp/<recipe>/<run>/``: ``config.resolved.yaml``, ``checkpoints/`` (Lightning, resumable),
+``logs/`` (CSV or W&B), ``model.pt`` (dims + weights + tokenizer, for evaluation and transcription) and
+``train_stats.json`` (steps, wall time, throughput, every skip count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from speech_ed.config import ExperimentConfig, config_to_yaml, save_config
+from speech_ed.data.datamodule import AEDDataModule
+from speech_ed.data.tokenizer import Tokenizer
+from speech_ed.models.checkpoint import save_model_file
+from speech_ed.training.callbacks import ThroughputLogger
+from speech_ed.training.module import AEDLightningModule
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def tokenizer_path(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.tokenizer.path) if cfg.tokenizer.path else cfg.run_dir / "tokenizer" / "tokenizer.model"
+
+
+def build_logger(cfg: ExperimentConfig, run_dir: Path):
+    if cfg.trainer.logger == "wandb":
+        from lightning.pytorch.loggers import WandbLogger
+
+        # Without an API key the run is written offline and can be synced later with `wandb sync`.
+        offline = os.environ.get("WANDB_MODE") == "offline" or not (
+            os.environ.get("WANDB_API_KEY") or Path.home().joinpath(".netrc").is_file())
+        return WandbLogger(project=cfg.trainer.wandb_project, name=f"{cfg.recipe}/{cfg.run}", save_dir=str(run_dir),
+                           offline=offline, config=dataclasses.asdict(cfg))
+    from lightning.pytorch.loggers import CSVLogger
+
+    return CSVLogger(str(run_dir), name="logs", version="")
+
+
+def train(cfg: ExperimentConfig) -> Path:
+    """Train (resuming from ``checkpoints/last.ckpt`` when present) and export ``model.pt``; returns its path."""
+    run_dir = cfg.run_dir
+    save_config(cfg, run_dir / "config.resolved.yaml")
+    print(config_to_yaml(cfg))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+
+    tokenizer = Tokenizer.load(tokenizer_path(cfg))
+    datamodule = AEDDataModule(cfg, tokenizer)
+    module = AEDLightningModule(dataclasses.asdict(cfg), tokenizer.vocab_size)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    print(f"model: {n_params / 1e6:.2f} M parameters, vocabulary {tokenizer.vocab_size}")
+
+    t = cfg.trainer
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=t.checkpoint_every_n_steps,
+                                 save_last=True, save_top_k=0)
+    validate = t.val_every_n_steps > 0
+    trainer = L.Trainer(
+        max_steps=t.max_steps, max_epochs=-1,
+        max_time={"minutes": t.max_time_min} if t.max_time_min else None,
+        precision=t.precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy, logger=build_logger(cfg, run_dir),
+        callbacks=[ThroughputLogger(cfg.model.sample_rate), checkpoint],
+        log_every_n_steps=t.log_every_n_steps, gradient_clip_val=cfg.optim.grad_clip or None,
+        val_check_interval=t.val_every_n_steps if validate else None, check_val_every_n_epoch=None,
+        limit_val_batches=None if validate else 0, num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # our samplers shard by rank themselves
+        enable_model_summary=False, default_root_dir=str(run_dir),
+    )
+    last = ckpt_dir / "last.ckpt"
+    t0 = time.monotonic()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    wall_s = time.monotonic() - t0
+
+    model_path = run_dir / "model.pt"
+    if trainer.is_global_zero:
+        extra = {"tokenizer_model": tokenizer_path(cfg).read_bytes(), "tokenizer_meta": tokenizer.meta,
+                 "config": dataclasses.asdict(cfg), "global_step": trainer.global_step}
+        save_model_file(model_path, module.model, module.dims, extra)
+        throughput = next(c for c in trainer.callbacks if isinstance(c, ThroughputLogger))
+        stats = {"global_step": trainer.global_step, "wall_seconds": round(wall_s, 1),
+                 "parameters": n_params, "audio_seconds_seen": round(throughput.audio_seconds, 1),
+                 "audio_seconds_per_second": round(throughput.audio_seconds / max(wall_s, 1e-9), 2),
+                 "skipped_before_sampling": datamodule.skip_counts(),
+                 "skipped_at_loading": dict(module.skipped), "unknown_pieces": module.unk_pieces,
+                 "non_finite_steps": module.non_finite_steps,
+                 "sampler_stats": dict(getattr(datamodule.sampler, "stats", {}) or {})}
+        write_json(run_dir / "train_stats.json", stats)
+        print("training done:", json.dumps(stats))
+    return model_path
