@@ -36,6 +36,15 @@ def check_dims(dims: ModelDims) -> None:
             raise ValueError(f"ModelDims.{name}={getattr(dims, name)!r}: {why}")
 
 
+def check_audio(audio: torch.Tensor, audio_lens: torch.Tensor) -> None:
+    """Raise ValueError unless audio is (B, S) floating point and audio_lens is (B,) integer."""
+    if audio.dim() != 2 or not audio.is_floating_point():
+        raise ValueError(f"audio must be a (B, S) float waveform, got {tuple(audio.shape)} {audio.dtype}")
+    if audio_lens.shape != audio.shape[:1] or audio_lens.is_floating_point():
+        raise ValueError(f"audio_lens must be (B,) = ({audio.shape[0]},) integer samples, got "
+                         f"{tuple(audio_lens.shape)} {audio_lens.dtype}")
+
+
 class AEDModel(nn.Module):
     """Log-mel frontend -> SpecAugment (training only) -> conv subsampling -> Conformer encoder
     -> [Linear De -> Dd when widths differ] -> Transformer decoder; optional CTC head on the encoder."""
@@ -61,7 +70,9 @@ class AEDModel(nn.Module):
 
     def _encode(self, audio: torch.Tensor, audio_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S), (B,) -> encoder output (B, T, De) before the projection, and (B,) int64 frames."""
-        feats, feat_lens = self.frontend(audio, audio_lens)
+        check_audio(audio, audio_lens)
+        feats, feat_lens = self.frontend(audio, audio_lens)  # always float32
+        feats = feats.to(self.subsampling.out.weight.dtype)  # a model cast to bf16 runs in bf16 after here
         if self.training and self.spec_augment is not None:
             feats = self.spec_augment(feats, feat_lens)
         x, lens = self.subsampling(feats, feat_lens)
@@ -91,6 +102,9 @@ class AEDModel(nn.Module):
         Returns:
             dict with "logits" (B, U, V), "ctc_logits" (B, T, V) or None, "enc" (B, T, Dd), "enc_lens" (B,).
         """
+        check_audio(audio, audio_lens)
+        if tokens_in.dim() != 2 or tokens_in.shape[0] != audio.shape[0]:
+            raise ValueError(f"tokens_in must be (B, U) with B={audio.shape[0]}, got {tuple(tokens_in.shape)}")
         x, lens = self._encode(audio, audio_lens)
         enc = self.projection(x)
         logits = self.decoder(tokens_in, enc, lens)
@@ -122,7 +136,9 @@ def compute_loss(
         (scalar loss, {"att": CE per scored token, "ctc": CTC per target token (0.0 when unused)}).
     """
     logits = out["logits"]
-    b, _, v = logits.shape
+    b, u, v = logits.shape
+    if targets.shape != (b, u):
+        raise ValueError(f"targets must be (B, U) = {(b, u)} like the logits, got {tuple(targets.shape)}")
     scored = (targets != -100).sum().clamp(min=1)
     att_sum = F.cross_entropy(
         logits.float().reshape(-1, v), targets.reshape(-1), ignore_index=-100,

@@ -112,7 +112,11 @@ class TransformerDecoder(nn.Module):
             raise ValueError(f"max_len {max_len} exceeds max_decoder_positions={self.max_positions}")
         b, t, _ = memory.shape
         dh = self.dim // self.heads
-        ks, vs = zip(*(layer.cross_attn.project_kv(memory) for layer in self.layers)) if self.layers else ((), ())
+        ks, vs = [], []
+        for layer in self.layers:  # contiguous, so the per-step matmuls read them without copying
+            k, v = layer.cross_attn.project_kv(memory)
+            ks.append(k.contiguous())
+            vs.append(v.contiguous())
         shape = (b, self.heads, max_len, dh)
         dtype = ks[0].dtype if ks else memory.dtype
         n = len(self.layers)
@@ -120,7 +124,7 @@ class TransformerDecoder(nn.Module):
         return KVCache(
             self_k=[memory.new_zeros(shape, dtype=dtype) for _ in range(n)],
             self_v=[memory.new_zeros(shape, dtype=dtype) for _ in range(n)],
-            cross_k=list(ks), cross_v=list(vs), memory_mask=valid[:, None, None, :],
+            cross_k=ks, cross_v=vs, memory_mask=valid[:, None, None, :],
         )
 
     def forward(self, tokens, memory=None, memory_lens=None, cache: KVCache | None = None) -> torch.Tensor:
@@ -138,6 +142,14 @@ class TransformerDecoder(nn.Module):
         """
         b, u = tokens.shape
         start = cache.length if cache is not None else 0
+        bad_memory = memory is None or memory.dim() != 3 or memory.shape[0] != b or memory.shape[2] != self.dim
+        if cache is None and bad_memory:
+            got = None if memory is None else tuple(memory.shape)
+            raise ValueError(f"memory must be (B, T, D) = ({b}, T, {self.dim}) without a cache, got {got}")
+        if cache is not None and cache.self_k and cache.self_k[0].shape[0] != b:
+            raise ValueError(f"tokens have {b} rows but the cache has {cache.self_k[0].shape[0]}")
+        if cache is not None and start + u > cache.max_len:
+            raise ValueError(f"cache holds {cache.max_len} positions; cannot add {u} tokens after {start}")
         if start + u > self.max_positions:
             raise ValueError(f"decoder input reaches position {start + u} > max_decoder_positions="
                              f"{self.max_positions}")

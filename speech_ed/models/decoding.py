@@ -123,12 +123,14 @@ def beam_search(
 ) -> list[list[int]]:
     """Batched beam search on the KV cache (all B x K beams advance together).
 
-    Each step scores the K alive beams' continuations, moves the ones ending in EOS (and beams that hit the
-    row's token budget) to the row's finished list, and keeps the best K others alive. A row is done when it
-    has K finished hypotheses; decoding stops when every row is done. The answer is the finished hypothesis
-    with the best length-normalised log-probability: ``score / ((5 + L) / 6) ** length_penalty`` (GNMT,
-    ``penalty_style='gnmt'``) or ``score / L ** length_penalty`` (``'simple'``), L = tokens incl. EOS.
-    ``beam_size=1`` gives the greedy result.
+    Each step ranks the K alive beams' continuations; candidates ending in EOS (all of them once the row's
+    token budget is reached) that rank above the K-th kept continuation join the row's finished list (the
+    best K are kept), and the best K other continuations stay alive. A row is done when it has K finished
+    hypotheses and the worst of them scores at least the best alive beam, or at its budget; decoding stops
+    when every row is done. Scores are length-normalised log-probabilities: ``score / ((5 + L) / 6) **
+    length_penalty`` (GNMT, ``penalty_style='gnmt'``) or ``score / L ** length_penalty`` (``'simple'``), L =
+    generated tokens including EOS. The answer is the best finished hypothesis. ``beam_size=1`` gives the
+    greedy result.
 
     Args:
         model, enc, enc_lens, prompt, eos_id, max_len_ratio, use_cache: as in :func:`greedy_decode`.
@@ -177,15 +179,19 @@ def beam_search(
                 if tok == eos_id or at_limit:
                     seq = hist[i * k + par] + ([] if tok == eos_id else [tok])
                     finished[i].append((_length_norm(s, step + 1, length_penalty, penalty_style), seq))
-                    if len(finished[i]) >= k:
-                        break
                 else:
                     new_scores[i, alive], new_parent[i, alive], new_token[i, alive] = s, par, tok
                     alive += 1
-                    if alive == k:  # lower-scored candidates (EOS ones included) are not kept
+                    if alive == k:  # lower-ranked candidates (EOS ones included) are dropped
                         break
-            if len(finished[i]) >= k or at_limit or alive == 0:
+            finished[i] = sorted(finished[i], key=lambda x: -x[0])[:k]
+            if at_limit or alive == 0:
                 done[i] = True
+            elif len(finished[i]) >= k:
+                # Done when the worst kept hypothesis beats the best alive beam normalised at its current length
+                # (exact for length_penalty 0, where scores only fall; the usual heuristic otherwise).
+                best_alive = _length_norm(float(new_scores[i, 0]), step + 1, length_penalty, penalty_style)
+                done[i] = finished[i][-1][0] >= best_alive
         if all(done):
             break
         index = (torch.arange(b, device=enc.device)[:, None] * k + new_parent).view(-1)

@@ -61,10 +61,10 @@ class LogMelFrontend(nn.Module):
         with torch.autocast(audio.device.type, enabled=False):
             spec = torch.stft(
                 audio.float(), self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-                window=self.window, center=True, pad_mode="constant", return_complex=True,
+                window=self.window.float(), center=True, pad_mode="constant", return_complex=True,
             )  # (B, n_fft/2+1, T)
             power = spec.real.square() + spec.imag.square()
-            feats = torch.log(torch.matmul(power.transpose(1, 2), self.mel_fb) + 2.0**-24)  # (B, T, F)
+            feats = torch.log(torch.matmul(power.transpose(1, 2), self.mel_fb.float()) + 2.0**-24)  # (B, T, F)
             feat_lens = self.num_frames(audio_lens).clamp(max=feats.shape[1])
             valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < feat_lens[:, None])[..., None]
             n = feat_lens.clamp(min=1)[:, None, None].float()

@@ -55,12 +55,14 @@ class ConvSubsampling(nn.Module):
                     nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels),
                     nn.Conv2d(channels, channels, 1),
                 ]
-            self.stages.append(nn.Sequential(*layers, nn.ReLU()))
+            self.stages.append(nn.Sequential(*layers, nn.ReLU(inplace=True)))
             in_ch = channels
         freq = in_features
         for _ in range(stages):
             freq = (freq - 1) // 2 + 1
         self.out = nn.Linear(channels * freq, out_dim)
+        # channels_last weights and activations: oneDNN's CPU convolutions run 2-5x faster than on NCHW.
+        self.stages.to(memory_format=torch.channels_last)
 
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Subsample.
@@ -72,13 +74,15 @@ class ConvSubsampling(nn.Module):
         Returns:
             x (B, T', D) and lengths (B,) int64, T' = ceil(T / factor) (per conv: ceil(T / 2)).
         """
-        x = feats[:, None]  # (B, 1, T, F)
+        x = feats[:, None].contiguous(memory_format=torch.channels_last)  # (B, 1, T, F)
         lens = feat_lens
         for stage in self.stages:
             x = stage(x)
             lens = torch.div(lens - 1, 2, rounding_mode="floor") + 1
-            valid = torch.arange(x.shape[2], device=x.device)[None, :] < lens[:, None]  # (B, T')
-            x = x * valid[:, None, :, None].to(x.dtype)
+            keep = torch.arange(x.shape[2], device=x.device)[None, :] < lens[:, None]  # (B, T')
+            keep = keep[:, None, :, None].to(x.dtype)
+            # In place when no graph is recorded: saves a pass over the largest activations of the encoder.
+            x = x * keep if torch.is_grad_enabled() else x.mul_(keep)
         b, c, t, f = x.shape
         x = self.out(x.transpose(1, 2).reshape(b, t, c * f))
         return x, lens

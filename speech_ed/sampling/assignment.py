@@ -18,9 +18,9 @@ import numpy as np
 
 from speech_ed.sampling.bins import BucketBins
 
-OK, PROMOTED, TOO_LONG, TOO_MANY_TOKENS, TPS_OUTLIER = 0, 1, 2, 3, 4
+OK, PROMOTED, TOO_LONG, TOO_MANY_TOKENS, TPS_OUTLIER, FILTERED = 0, 1, 2, 3, 4, 5
 STATUS_NAMES = {OK: "ok", PROMOTED: "promoted", TOO_LONG: "too_long", TOO_MANY_TOKENS: "too_many_tokens",
-                TPS_OUTLIER: "tps_outlier"}
+                TPS_OUTLIER: "tps_outlier", FILTERED: "filtered"}  # FILTERED: rejected by sampler.filter()
 DROP_STATUSES = (TOO_LONG, TOO_MANY_TOKENS, TPS_OUTLIER)
 
 
@@ -80,7 +80,7 @@ class BucketAssigner:
         return (b, PROMOTED) if b is not None else (-1, status)
 
     def envelope(self, duration: float, tokens: int, first_group: int = 0) -> Optional[int]:
-        """First bucket whose bounds hold both ``duration`` and ``tokens`` (ignores TPS); None if none does."""
+        """First bucket whose bounds hold both ``duration`` and ``tokens`` (ignores TPS), else None."""
         if self.bins is None:
             return 0
         for g in range(first_group, len(self._group_bounds)):

@@ -1,18 +1,19 @@
 """Bucket bins: 1D (duration) and 2D (duration, decoder tokens) upper bounds, and how to estimate them.
 
-A bucket is described by its upper bounds. 1D: bucket ``i`` holds cuts with ``durations[i-1] < d <= durations[i]``.
-2D: buckets are sorted by ``(duration, tokens)``; buckets sharing a duration bound form a *duration group*,
-and inside a group bucket ``j`` holds cuts with ``tokens[j-1] < u <= tokens[j]``.
+A bucket is described by its upper bounds. 1D: bucket ``i`` holds cuts with
+``durations[i-1] < d <= durations[i]``. 2D: buckets are sorted by ``(duration, tokens)``; buckets sharing a
+duration bound form a *duration group*, and inside a group bucket ``j`` holds cuts with
+``tokens[j-1] < u <= tokens[j]``.
 
 Two estimators:
 
-* ``"equal"`` -- the known method (lhotse ``estimate_duration_buckets`` / NeMo ``estimate_duration_bins_2d``):
-  duration groups of equal total audio; in each group, tokens-per-second (TPS) outliers above mean + k sigma are
-  excluded and the group's max TPS is capped at the largest remaining TPS; token sub-buckets of equal total
-  tokens; duplicate bounds merged.
+* ``"equal"`` -- the known method (lhotse ``estimate_duration_buckets``, NeMo
+  ``estimate_duration_bins_2d``): duration groups of equal total audio; in each group, tokens-per-second (TPS)
+  outliers above mean + k sigma are excluded and the group's max TPS is capped at the largest remaining TPS;
+  token sub-buckets of equal total tokens; duplicate bounds merged.
 * ``"dp"`` -- padding-minimising: an exact dynamic programme per dimension that picks the bounds minimising
-  the padding to the bucket's upper bound, sum over cuts of ``(bound - length)``. Durations are first rounded up
-  to a grid (10 ms by default) so the programme's size does not grow with the number of cuts.
+  the padding to the bucket's upper bound, sum over cuts of ``(bound - length)``. Durations are first rounded
+  up to a grid (10 ms by default) so the programme's size does not grow with the number of cuts.
 
 Both use the same TPS rule, so they differ only in where the bounds fall.
 """
@@ -20,7 +21,7 @@ Both use the same TPS rule, so they differ only in where the bounds fall.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -38,6 +39,7 @@ class BucketBins:
         max_tps: per-bucket cap on decoder tokens per second (2D, optional); cuts above it are TPS outliers.
         method: how the bins were estimated ('equal', 'dp', or 'manual').
         metadata: free-form provenance (tokenizer, prompt format, counts); written to the YAML.
+        where: name used in validation errors (e.g. the YAML file's path).
     """
 
     durations: list[float]
@@ -45,14 +47,15 @@ class BucketBins:
     max_tps: Optional[list[float]] = None
     method: str = "manual"
     metadata: dict = field(default_factory=dict)
+    where: InitVar[str] = "bucket bins"
 
-    def __post_init__(self):
+    def __post_init__(self, where: str):
         self.durations = [float(d) for d in self.durations]
         if self.tokens is not None:
             self.tokens = [int(t) for t in self.tokens]
         if self.max_tps is not None:
             self.max_tps = [float(x) for x in self.max_tps]
-        self.validate()
+        self.validate(where)
 
     @property
     def is_2d(self) -> bool:
@@ -75,7 +78,7 @@ class BucketBins:
                                  f"after {self.durations[i - 1]}")
         if self.tokens is None:
             if len(set(self.durations)) != n:
-                raise ValueError(f"{where}: 1D duration bounds must be strictly increasing (duplicates found)")
+                raise ValueError(f"{where}: 1D duration bounds must be strictly increasing (duplicates)")
             if self.max_tps is not None:
                 raise ValueError(f"{where}: 'max_tps' only applies to 2D bins")
             return
@@ -86,8 +89,9 @@ class BucketBins:
             if self.tokens[i] <= 0:
                 raise ValueError(f"{where}: bucket {i} has token bound {self.tokens[i]}; bounds must be > 0")
             if i and self.durations[i] == self.durations[i - 1] and self.tokens[i] <= self.tokens[i - 1]:
-                raise ValueError(f"{where}: token bounds must increase within a duration group, but bucket {i} "
-                                 f"has {self.tokens[i]} after {self.tokens[i - 1]} (duration {self.durations[i]})")
+                raise ValueError(f"{where}: token bounds must increase within a duration group, but bucket "
+                                 f"{i} has {self.tokens[i]} after {self.tokens[i - 1]} "
+                                 f"(duration {self.durations[i]})")
         if self.max_tps is not None:
             if len(self.max_tps) != n:
                 raise ValueError(f"{where}: 'max_tps' has {len(self.max_tps)} entries for {n} buckets; "
@@ -108,7 +112,8 @@ class BucketBins:
         """The duration groups as 1D bins (a 2D grid used as a 1D sampler)."""
         if not self.is_2d:
             return self
-        return BucketBins([g[0] for g in self.duration_groups()], method=self.method, metadata=dict(self.metadata))
+        bounds = [g[0] for g in self.duration_groups()]
+        return BucketBins(bounds, method=self.method, metadata=dict(self.metadata))
 
 
 def _ceil_to(x: float, step: float) -> float:
@@ -140,8 +145,8 @@ def min_padding_bounds(sorted_values: np.ndarray, num_bins: int) -> list[float]:
 
     Minimises ``sum_i (bound(i) - value_i)`` where ``bound(i)`` is the upper bound (maximum) of value i's bin.
     Dynamic programme over the U distinct values, O(num_bins x U), using the monotone convex-hull trick: the
-    cost of bin (i, j] is ``v_j (C_j - C_i) - (S_j - S_i)`` with C, S prefix counts and sums, which is linear in
-    ``v_j`` for fixed i, with slopes falling as i grows, and the queries ``v_j`` rise.
+    cost of bin (i, j] is ``v_j (C_j - C_i) - (S_j - S_i)`` with C, S prefix counts and sums, which is linear
+    in ``v_j`` for fixed i, with slopes falling as i grows, and the queries ``v_j`` rise.
 
     Args:
         sorted_values: (N,) ascending lengths.
@@ -174,7 +179,7 @@ def min_padding_bounds(sorted_values: np.ndarray, num_bins: int) -> list[float]:
                 m, b = -C[i], f[i] + S[i]
                 while len(hull_m) - head >= 2:
                     m1, b1, m2, b2 = hull_m[-2], hull_b[-2], hull_m[-1], hull_b[-1]
-                    # drop the last line if the new one overtakes it no later than it overtakes its predecessor
+                    # drop the last line if the new one overtakes it before it overtook its predecessor
                     if (b - b1) * (m1 - m2) <= (b2 - b1) * (m1 - m):
                         hull_m.pop(), hull_b.pop(), hull_i.pop()
                     else:
@@ -184,7 +189,8 @@ def min_padding_bounds(sorted_values: np.ndarray, num_bins: int) -> list[float]:
             if len(hull_m) == head:
                 continue
             x = v[j - 1]
-            while len(hull_m) - head >= 2 and hull_m[head + 1] * x + hull_b[head + 1] <= hull_m[head] * x + hull_b[head]:
+            while (len(hull_m) - head >= 2
+                   and hull_m[head + 1] * x + hull_b[head + 1] <= hull_m[head] * x + hull_b[head]):
                 head += 1
             g[j] = hull_m[head] * x + hull_b[head] + x * C[j] - S[j]
             arg[j] = hull_i[head]

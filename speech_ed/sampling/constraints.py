@@ -4,6 +4,7 @@ Both answer the same two questions for the planner:
 
 * ``fits(bucket, n, max_duration, max_tokens)``: may a batch of ``n`` cuts with these longest lengths be
   formed? ``bucket`` is ``None`` for batches that mix buckets (end-of-epoch leftovers).
+* ``capacity(max_duration, max_tokens)``: the most cuts a mixed batch with these longest lengths may hold.
 * ``ready_size(bucket, longest)``: how many buffered cuts a bucket needs before it is worth drawing from.
 """
 
@@ -39,6 +40,10 @@ class DurationBudget:
     def fits(self, bucket: Optional[int], n: int, max_duration: float, max_tokens: int) -> bool:
         return n <= 1 or n * self.effective(max_duration) <= self.max_duration_s
 
+    def capacity(self, max_duration: float, max_tokens: int) -> int:
+        """Most cuts a batch with these longest lengths may hold (at least 1)."""
+        return max(1, int(self.max_duration_s // self.effective(max_duration)))
+
     def ready_size(self, bucket: int, longest: float) -> int:
         """One more cut than a batch of the bucket's longest cuts can hold, so a drawn batch fills up."""
         if not math.isfinite(longest) or longest <= 0:
@@ -63,8 +68,8 @@ class FixedBatchSizes:
 
     def __init__(self, batch_sizes: list[int], assigner: BucketAssigner):
         if len(batch_sizes) != assigner.num_buckets:
-            raise ValueError(f"{len(batch_sizes)} batch sizes for {assigner.num_buckets} buckets; "
-                             "bucket_batch_sizes must come from the same bucket_bins (re-run the OOMptimizer)")
+            raise ValueError(f"{len(batch_sizes)} batch sizes for {assigner.num_buckets} buckets; bucket "
+                             "batch sizes must come from the same bucket_bins (re-run the OOMptimizer)")
         if any(int(b) < 1 for b in batch_sizes):
             raise ValueError(f"batch sizes must be >= 1, got {batch_sizes}")
         self.batch_sizes = [int(b) for b in batch_sizes]
@@ -81,6 +86,11 @@ class FixedBatchSizes:
             if bucket is None:
                 return False
         return n <= self.batch_sizes[bucket]
+
+    def capacity(self, max_duration: float, max_tokens: int) -> int:
+        """Size of the envelope bucket of (max_duration, max_tokens); 1 if no bucket holds them."""
+        bucket = self.assigner.envelope(max_duration, max_tokens)
+        return 1 if bucket is None else self.batch_sizes[bucket]
 
     def ready_size(self, bucket: int, longest: float) -> int:
         return self.batch_sizes[bucket]

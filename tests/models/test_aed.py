@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from speech_ed.config import load_model_preset
-from speech_ed.models import AEDModel, compute_loss, count_parameters, ctc_greedy_decode, greedy_decode
+from speech_ed.models import (
+    AEDModel, beam_search, compute_loss, count_parameters, ctc_greedy_decode, greedy_decode,
+)
 
 V = 40
 
@@ -137,17 +139,17 @@ def test_bf16_autocast_forward_backward():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
-def test_overfit_two_utterances_to_zero_error():
-    """A tiny model memorises 2 utterances: loss falls and greedy/CTC decoding reproduce the targets."""
+def test_overfit_a_few_utterances_to_zero_error():
+    """A tiny model memorises 3 utterances: loss falls and greedy, beam and CTC decoding reproduce the targets."""
     torch.manual_seed(0)
     model = AEDModel(tiny_dims(spec_augment=False))
-    audio, lens, _ = batch([12000, 9000])
-    text = [[5, 9, 14, 22, 7], [30, 11, 11, 4]]
+    audio, lens, _ = batch([12000, 9000, 10500])
+    text = [[5, 9, 14, 22, 7], [30, 11, 11, 4], [8, 8, 8, 17, 3]]
     sos, eos = 1, 2
     u = 6
-    tokens_in = torch.zeros(2, u, dtype=torch.long)
-    targets = torch.full((2, u), -100)
-    ctc_t = torch.zeros(2, 5, dtype=torch.long)
+    tokens_in = torch.zeros(3, u, dtype=torch.long)
+    targets = torch.full((3, u), -100)
+    ctc_t = torch.zeros(3, 5, dtype=torch.long)
     for i, t in enumerate(text):
         tokens_in[i, : len(t) + 1] = torch.tensor([sos] + t)
         targets[i, : len(t) + 1] = torch.tensor(t + [eos])
@@ -155,7 +157,7 @@ def test_overfit_two_utterances_to_zero_error():
     ctc_l = torch.tensor([len(t) for t in text])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(80):
+    for _ in range(120):
         loss, _ = compute_loss(model(audio, lens, tokens_in), targets, ctc_t, ctc_l, label_smoothing=0.0)
         opt.zero_grad()
         loss.backward()
@@ -164,7 +166,9 @@ def test_overfit_two_utterances_to_zero_error():
     assert losses[-1] < 0.1 * losses[0]
     model.eval()
     enc, enc_lens = model.encode(audio, lens)
-    assert greedy_decode(model, enc, enc_lens, torch.full((2, 1), sos), eos, max_len_ratio=1.0) == text
+    prompt = torch.full((3, 1), sos)
+    assert greedy_decode(model, enc, enc_lens, prompt, eos, max_len_ratio=1.0) == text
+    assert beam_search(model, enc, enc_lens, prompt, eos, beam_size=3, max_len_ratio=1.0) == text
     out = model(audio, lens, tokens_in)
     assert ctc_greedy_decode(out["ctc_logits"], out["enc_lens"]) == text
 
@@ -173,3 +177,42 @@ def test_count_parameters_counts_tied_once():
     untied = AEDModel(tiny_dims())
     tied = AEDModel(tiny_dims(tie_embeddings=True))
     assert count_parameters(untied) - count_parameters(tied) == V * 64
+
+
+def test_shape_errors_at_module_boundaries():
+    model = AEDModel(tiny_dims()).eval()
+    audio, lens, tokens = batch([8000, 6000])
+    with pytest.raises(ValueError, match="audio must be"):
+        model(audio[0], lens, tokens)
+    with pytest.raises(ValueError, match="audio_lens"):
+        model.encode(audio, lens[:1])
+    with pytest.raises(ValueError, match="tokens_in"):
+        model(audio, lens, tokens[:1])
+    out = model(audio, lens, tokens)
+    with pytest.raises(ValueError, match="targets"):
+        compute_loss(out, tokens[:, :3], ctc_weight=0.0)
+    with pytest.raises(ValueError, match="memory"):
+        model.decoder(tokens, out["enc"][:1], out["enc_lens"][:1])
+
+
+@pytest.mark.parametrize("pos", ["abs", "rel"])
+def test_sdpa_matches_matmul_attention(pos):
+    """attention_impl='sdpa' (used on CUDA by 'auto') computes the same function as the matmul path."""
+    torch.manual_seed(0)
+    ref = AEDModel(tiny_dims(pos_enc=pos, attention_impl="matmul")).eval()
+    fused = AEDModel(tiny_dims(pos_enc=pos, attention_impl="sdpa")).eval()
+    fused.load_state_dict(ref.state_dict())
+    audio, lens, tokens = batch([16000, 7000])
+    a, b = ref(audio, lens, tokens), fused(audio, lens, tokens)
+    for key in ("enc", "logits"):
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_cast_model_encodes():
+    """A model cast to bf16 (inference) still runs its log-mel frontend in fp32."""
+    model = AEDModel(tiny_dims()).eval().to(torch.bfloat16)
+    audio, lens, tokens = batch([8000, 6000])
+    with torch.no_grad():
+        enc, enc_lens = model.encode(audio, lens)
+        hyps = greedy_decode(model, enc, enc_lens, tokens[:, :1], eos_id=2)
+    assert enc.dtype == torch.bfloat16 and len(hyps) == 2

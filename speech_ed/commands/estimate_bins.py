@@ -1,0 +1,211 @@
+"""``speech-ed estimate-bins``: 1D duration bins or 2D (duration, decoder tokens) bins for bucketing.
+
+Usage::
+
+    speech-ed estimate-bins --cuts exp/ls/cuts.jsonl.gz --tokenizer exp/ls/tokenizer \\
+        --num-buckets 30 --sub-buckets 5 --out exp/ls/bucket_bins.yaml            # 2D, best of both methods
+    speech-ed estimate-bins --cuts ... --tokenizer ... --num-buckets 30 --method equal --out bins_1d.yaml
+
+Both estimators run by default ('equal' = the known method, 'dp' = minimum padding); the one with less padding
+is written and the comparison is printed and kept in the YAML. Without ``--max-duration-s`` padding is the
+bound to each bucket's upper edge; with it, one simulated epoch of the sampler decides.
+
+Token counts come from :func:`speech_ed.data.prompt.count_decoder_tokens` (prompt + text + end-of-text), the
+same count training uses. They are cached per (manifest, tokenizer, prompt) in ``--lengths-cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from speech_ed.sampling.assignment import BucketAssigner, count_statuses
+from speech_ed.sampling.bins import ESTIMATION_METHODS, BucketBins, estimate_bucket_bins
+from speech_ed.sampling.io import save_bucket_bins
+from speech_ed.sampling.padding import (
+    Lengths,
+    file_digest,
+    lengths_cache_key,
+    measure_lengths,
+    simulate_epoch,
+)
+
+DEFAULT_CACHE = Path(os.environ.get("SPEECH_ED_CACHE", Path.home() / ".cache" / "speech_ed")) / "lengths"
+
+
+def add_length_arguments(parser) -> None:
+    """Arguments shared by estimate-bins and padding-report: manifest, tokenizer, prompt, cache."""
+    parser.add_argument("--cuts", required=True, help="cut manifest (.jsonl.gz); audio-less cuts are fine")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or tokenizer.model")
+    parser.add_argument("--pnc", action="store_true", help="count tokens of punctuated, cased targets")
+    parser.add_argument("--lengths-cache", default=str(DEFAULT_CACHE),
+                        help="folder for cached (duration, tokens) arrays (default: %(default)s)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the lengths cache")
+
+
+def load_lengths(args) -> tuple[Lengths, dict[str, Any]]:
+    """Measure (or read from the cache) every cut's duration and decoder tokens.
+
+    Returns:
+        ``(lengths, provenance)`` where provenance names the tokenizer and the prompt format counted.
+    """
+    from lhotse import CutSet
+
+    from speech_ed.data.prompt import count_decoder_tokens, describe_prompt_format
+    from speech_ed.data.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(args.tokenizer)
+    prompt = describe_prompt_format(args.pnc)
+    tok_digest = file_digest(tokenizer.model_path)
+    provenance = {"tokenizer": {"path": str(tokenizer.model_path), "sha256_16": tok_digest,
+                                "vocab_size": tokenizer.vocab_size},
+                  "prompt": prompt, "cuts": str(args.cuts)}
+    cache: Optional[Path] = None
+    if not args.no_cache:
+        key = lengths_cache_key(args.cuts, tok_digest, json.dumps(prompt, sort_keys=True))
+        cache = Path(args.lengths_cache) / f"{Path(args.cuts).name}.{key}.npz"
+    cached = cache is not None and cache.is_file()
+    start = time.perf_counter()
+    lengths = measure_lengths(CutSet.from_file(args.cuts),
+                              lambda c: count_decoder_tokens(c, tokenizer, args.pnc), cache_path=cache)
+    provenance["lengths_seconds"] = round(time.perf_counter() - start, 3)
+    provenance["lengths_cached"] = cached
+    if len(lengths) == 0:
+        raise ValueError(f"{args.cuts} holds no cuts")
+    return lengths, provenance
+
+
+def padding_bound(bins: BucketBins, lengths: Lengths, strict: bool = True) -> dict[str, Any]:
+    """Padding if every cut were padded to its bucket's upper bounds, plus what the bins drop."""
+    assigner = BucketAssigner(bins, strict=strict)
+    tokens = lengths.tokens if bins.is_2d else np.zeros_like(lengths.tokens)
+    buckets, statuses = assigner.assign_many(lengths.durations, tokens)
+    kept = buckets[buckets >= 0]
+    upper_d = np.asarray(bins.durations)[kept]
+    out = {"input": float(1 - lengths.durations[buckets >= 0].sum() / max(float(upper_d.sum()), 1e-9)),
+           "output": None, "dropped": count_statuses(statuses)}
+    if bins.is_2d:
+        upper_t = np.asarray(bins.tokens)[kept]
+        out["output"] = float(1 - lengths.tokens[buckets >= 0].sum() / max(int(upper_t.sum()), 1))
+    return out
+
+
+def estimate(lengths: Lengths, num_buckets: int, sub_buckets: Optional[int], methods: list[str],
+             tps_sigmas: float, max_duration_s: Optional[float], seed: int = 0,
+             ) -> tuple[BucketBins, list[dict]]:
+    """Estimate bins with each method, score them, and return the best with the comparison rows."""
+    rows, candidates = [], {}
+    for method in methods:
+        start = time.perf_counter()
+        bins = estimate_bucket_bins(lengths.durations, lengths.tokens, num_buckets, sub_buckets, method,
+                                    tps_sigmas)
+        row: dict[str, Any] = {"method": method, "num_buckets": bins.num_buckets,
+                               "seconds": round(time.perf_counter() - start, 3)}
+        bound = padding_bound(bins, lengths)
+        row["bound_input_padding"], row["bound_output_padding"] = bound["input"], bound["output"]
+        row["dropped"] = bound["dropped"]
+        if max_duration_s is not None:
+            strategy = "2d" if bins.is_2d else "1d"
+            report, _ = simulate_epoch(lengths, strategy, bins, max_duration_s=max_duration_s, seed=seed)
+            row.update({k: report[k] for k in ("input_padding", "output_padding", "num_batches")})
+        row["score"] = (row.get("input_padding", row["bound_input_padding"])
+                        + (row.get("output_padding", row["bound_output_padding"]) or 0.0))
+        rows.append(row)
+        candidates[method] = bins
+    best = min(rows, key=lambda r: r["score"])
+    return candidates[best["method"]], rows
+
+
+def add_arguments(parser):
+    add_length_arguments(parser)
+    parser.add_argument("--num-buckets", type=int, required=True, help="duration buckets")
+    parser.add_argument("--sub-buckets", type=int, default=None,
+                        help="token sub-buckets per duration bucket (gives 2D bins)")
+    parser.add_argument("--method", default="both", choices=[*ESTIMATION_METHODS, "both"],
+                        help="'equal' (known method), 'dp' (minimum padding) or 'both' (keep the better)")
+    parser.add_argument("--tps-sigmas", type=float, default=4.0,
+                        help="2D: tokens-per-second outliers above mean + this many std are dropped")
+    parser.add_argument("--max-duration-s", type=float, default=None,
+                        help="score methods by a simulated epoch under this padding-aware budget")
+    parser.add_argument("--out", required=True, help="bucket_bins.yaml to write")
+
+
+def estimate_to_file(args) -> BucketBins:
+    """Measure lengths, estimate with each method, write the best bins with their provenance, print a table.
+
+    ``args`` carries the command's fields (cuts, tokenizer, pnc, lengths_cache, no_cache, num_buckets,
+    sub_buckets, method, tps_sigmas, max_duration_s, out).
+    """
+    if args.num_buckets < 1 or (args.sub_buckets is not None and args.sub_buckets < 1):
+        raise ValueError("--num-buckets and --sub-buckets must be >= 1")
+    lengths, provenance = load_lengths(args)
+    start = time.perf_counter()
+    methods = list(ESTIMATION_METHODS) if args.method == "both" else [args.method]
+    bins, rows = estimate(lengths, args.num_buckets, args.sub_buckets, methods, args.tps_sigmas,
+                          args.max_duration_s)
+    chosen = next(r for r in rows if r["method"] == bins.method)
+    dropped = chosen["dropped"]
+    bins.metadata.update(provenance)
+    bins.metadata.update({
+        "num_cuts": int(len(lengths)), "hours": round(float(lengths.durations.sum()) / 3600, 3),
+        "requested": {"num_buckets": args.num_buckets, "sub_buckets": args.sub_buckets, "method": args.method,
+                      "tps_sigmas": args.tps_sigmas},
+        "dropped": dropped,
+        "num_dropped": int(sum(dropped.get(k, 0) for k in ("too_long", "too_many_tokens", "tps_outlier"))),
+        "padding_bound": {"input": chosen["bound_input_padding"], "output": chosen["bound_output_padding"]},
+        "comparison": [{k: v for k, v in r.items() if k != "dropped"} for r in rows],
+    })
+    save_bucket_bins(args.out, bins)
+    print(f"estimate-bins: {len(lengths)} cuts, lengths in {provenance['lengths_seconds']} s "
+          f"({'cached' if provenance['lengths_cached'] else 'measured'}), "
+          f"estimation in {time.perf_counter() - start:.2f} s")
+    print(f"{'method':<8}{'buckets':>8}{'bound in':>10}{'bound out':>10}{'sim in':>9}{'sim out':>9}"
+          f"{'batches':>9}")
+
+    def pct(x):
+        return f"{100 * x:.2f}%" if x is not None else "-"
+
+    for r in rows:
+        print(f"{r['method']:<8}{r['num_buckets']:>8}{pct(r['bound_input_padding']):>10}"
+              f"{pct(r['bound_output_padding']):>10}{pct(r.get('input_padding')):>9}"
+              f"{pct(r.get('output_padding')):>9}{r.get('num_batches', '-'):>9}")
+    print(f"estimate-bins: kept '{bins.method}' ({bins.num_buckets} buckets, would drop "
+          f"{bins.metadata['num_dropped']} cuts: {dropped or 'none'}) -> {args.out}")
+    return bins
+
+
+def estimate_bins_for_run(cfg, sub_buckets: int = 4, method: str = "both", tps_sigmas: float = 4.0) -> None:
+    """Recipe stage: 2D bins of ``<run_dir>/manifests/cuts_train.jsonl.gz``, written to ``data.bucket_bins``.
+
+    Idempotent: an existing bins file is kept. Duration buckets come from ``cfg.data.num_buckets``, the
+    tokenizer from ``cfg.tokenizer.path`` (default ``<run_dir>/tokenizer/tokenizer.model``); methods are
+    scored by a simulated epoch under ``cfg.data.max_duration_s``.
+    """
+    out = Path(cfg.data.bucket_bins)
+    if out.is_file():
+        print(f"estimate-bins: {out} exists, kept")
+        return
+    manifests = Path(cfg.data.manifest_dir) if cfg.data.manifest_dir else cfg.run_dir / "manifests"
+    args = argparse.Namespace(
+        cuts=str(manifests / "cuts_train.jsonl.gz"),
+        tokenizer=cfg.tokenizer.path or str(cfg.run_dir / "tokenizer" / "tokenizer.model"),
+        pnc=cfg.tokenizer.pnc, lengths_cache=str(cfg.run_dir / "lengths_cache"), no_cache=False,
+        num_buckets=cfg.data.num_buckets, sub_buckets=sub_buckets, method=method, tps_sigmas=tps_sigmas,
+        max_duration_s=cfg.data.max_duration_s, out=str(out))
+    estimate_to_file(args)
+
+
+def main(args) -> int:
+    try:
+        estimate_to_file(args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"estimate-bins: error: {e}", file=sys.stderr)
+        return 2
+    return 0

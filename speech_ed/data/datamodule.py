@@ -1,0 +1,117 @@
+"""LightningDataModule over Lhotse cut manifests and speech_ed's bucketing samplers.
+
+Cuts that cannot train (no supervision, empty transcript, unknown language, too short or too long) are removed
+before sampling by :class:`CountingFilter`, which counts each reason; audio that fails to load is counted by
+the dataset. Both counts reach the training log and ``train_stats.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lhotse import CutSet
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+
+from speech_ed.config import ExperimentConfig
+from speech_ed.data.dataset import AEDDataset
+from speech_ed.data.prompt import count_decoder_tokens, cut_target
+from speech_ed.data.tokenizer import Tokenizer
+
+
+class CountingFilter:
+    """Predicate for ``CutSet.filter`` that counts why each rejected cut was rejected."""
+
+    def __init__(self, tokenizer: Tokenizer, min_duration_s: float, max_duration_s: float, pnc: bool = False):
+        self.tokenizer, self.pnc = tokenizer, pnc
+        self.min_duration_s, self.max_duration_s = min_duration_s, max_duration_s
+        self.rejected: dict[str, set] = {}  # reason -> cut ids; ids, so a second epoch does not count twice
+
+    def reason(self, cut) -> str | None:
+        if cut.duration < self.min_duration_s:
+            return "too_short"
+        if cut.duration > self.max_duration_s:
+            return "too_long"
+        try:
+            target = cut_target(cut, self.pnc)
+        except ValueError:
+            return "no_supervision"
+        if not target.text.strip():
+            return "empty_transcript"
+        if not (self.tokenizer.has_language(target.source_lang) and self.tokenizer.has_language(target.target_lang)):
+            return "unknown_language"
+        return None
+
+    def __call__(self, cut) -> bool:
+        why = self.reason(cut)
+        if why is not None:
+            self.rejected.setdefault(why, set()).add(cut.id)
+        return why is None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {why: len(ids) for why, ids in sorted(self.rejected.items())}
+
+
+def manifest_path(cfg: ExperimentConfig, split: str) -> Path:
+    root = Path(cfg.data.manifest_dir) if cfg.data.manifest_dir else cfg.run_dir / "manifests"
+    path = root / f"cuts_{split}.jsonl.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (set data.manifest_dir or run the recipe's prepare stage)")
+    return path
+
+
+class AEDDataModule(L.LightningDataModule):
+    """Train/dev loaders for one experiment config.
+
+    Args:
+        cfg: the resolved experiment config.
+        tokenizer: the run's tokenizer (token counts for bucketing use :func:`count_decoder_tokens`).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, tokenizer: Tokenizer):
+        super().__init__()
+        self.cfg, self.tokenizer = cfg, tokenizer
+        d = cfg.data
+        self.train_filter = CountingFilter(tokenizer, d.min_duration_s, d.max_utterance_s, cfg.tokenizer.pnc)
+        self.dataset = AEDDataset(tokenizer, pnc=cfg.tokenizer.pnc, sample_rate=cfg.model.sample_rate)
+        self.sampler = None
+
+    def num_tokens(self, cut) -> int:
+        return count_decoder_tokens(cut, self.tokenizer, self.cfg.tokenizer.pnc)
+
+    def build_train_sampler(self, cuts: CutSet):
+        d = self.cfg.data
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if d.sampler == "dynamic":
+            return DynamicBucketingSampler(cuts, max_duration=d.max_duration_s, num_buckets=d.num_buckets,
+                                           quadratic_duration=d.quadratic_duration_s, shuffle=d.shuffle,
+                                           buffer_size=d.buffer_size, seed=d.seed, world_size=world_size,
+                                           rank=rank, drop_last=False)
+        from speech_ed.sampling import BucketingSampler, load_bucket_batch_sizes, load_bucket_bins
+
+        bins = load_bucket_bins(d.bucket_bins) if d.bucket_bins else None
+        batch_sizes = load_bucket_batch_sizes(d.bucket_batch_sizes, bins) if d.bucket_batch_sizes else None
+        return BucketingSampler(cuts, num_tokens=self.num_tokens, bins=bins,
+                                strategy="2d" if d.sampler == "bucket2d" else "random", batch_sizes=batch_sizes,
+                                max_duration_s=d.max_duration_s, quadratic_duration_s=d.quadratic_duration_s,
+                                shuffle=d.shuffle, seed=d.seed, buffer_size=d.buffer_size, world_size=world_size,
+                                rank=rank, sortagrad=d.sortagrad)
+
+    def train_dataloader(self):
+        cuts = CutSet.from_file(manifest_path(self.cfg, "train")).filter(self.train_filter)
+        self.sampler = self.build_train_sampler(cuts)
+        return torch.utils.data.DataLoader(self.dataset, sampler=self.sampler, batch_size=None,
+                                           num_workers=self.cfg.data.num_workers,
+                                           persistent_workers=self.cfg.data.num_workers > 0)
+
+    def val_dataloader(self):
+        cuts = CutSet.from_file(manifest_path(self.cfg, "dev"))
+        sampler = DynamicCutSampler(cuts, max_duration=self.cfg.data.max_duration_s, shuffle=False, drop_last=False)
+        return torch.utils.data.DataLoader(self.dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+    def skip_counts(self) -> dict:
+        """Distinct cuts the training filter removed so far, by reason."""
+        return dict(self.train_filter.counts)

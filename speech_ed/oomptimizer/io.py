@@ -1,0 +1,162 @@
+"""``bucket_batch_sizes.yaml``: writing it with its provenance, and the check training runs before using it.
+
+The file is the sampling package's format (:func:`speech_ed.sampling.io.save_bucket_batch_sizes`) plus
+what the OOMptimizer knows: the probe, the device, the memory limit, the precision, the search's trials and a
+hash of the model dimensions. Training calls :func:`check_batch_sizes_match` and refuses sizes measured for
+another model or other bins; the error says how to regenerate them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import yaml
+
+from speech_ed.models.dims import ModelDims
+from speech_ed.oomptimizer.batch import tokens_for_1d_bin
+from speech_ed.oomptimizer.probes import GiB, Probe
+from speech_ed.oomptimizer.runner import BucketResult
+from speech_ed.sampling.bins import BucketBins
+from speech_ed.sampling.io import load_bucket_batch_sizes, save_bucket_batch_sizes
+
+PathLike = Union[str, os.PathLike]
+BinsLike = Union[BucketBins, Sequence[Sequence[float]]]
+RECOVERY_DOC = "docs/bench/oomptimizer.md#if-training-still-runs-out-of-memory"
+
+
+def bins_as_pairs(bins: BinsLike) -> list[tuple[float, int]]:
+    """``(max_duration_s, max_tokens)`` per bucket; 1D bins get :func:`tokens_for_1d_bin` tokens."""
+    if isinstance(bins, BucketBins):
+        if bins.is_2d:
+            return [(float(d), int(t)) for d, t in zip(bins.durations, bins.tokens)]
+        return [(float(d), tokens_for_1d_bin(d)) for d in bins.durations]
+    return [(float(b[0]), int(b[1])) for b in bins]
+
+
+def model_config_hash(dims: ModelDims) -> str:
+    """Short stable hash of every model dimension (the vocabulary size included)."""
+    blob = json.dumps(asdict(dims), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def save_batch_sizes(path: PathLike, bins: BucketBins, results: Sequence[BucketResult],
+                     batch_sizes: Sequence[int], probe: Probe, dims: ModelDims, precision: str,
+                     memory_budget_gib: Optional[float], memory_fraction: float, safety_margin: float,
+                     command: str, search: dict) -> None:
+    """Write ``bucket_batch_sizes.yaml`` atomically.
+
+    Args:
+        path: output file.
+        bins: the bins searched (copied into the file so training can check them).
+        results: per-bucket search results (same order as the bins).
+        batch_sizes: the sizes training will use (after the safety margin).
+        probe: the probe used (name, device, limit).
+        dims: model dimensions (hashed).
+        precision: trainer precision the step ran with.
+        memory_budget_gib, memory_fraction, safety_margin: the command's settings.
+        command: the command line that regenerates the file.
+        search: search settings (start, rel_gap).
+    """
+    import torch
+
+    meta = {
+        "probe": probe.name,
+        "device": probe.device_name,
+        "memory_budget_gib": memory_budget_gib,
+        "memory_fraction": memory_fraction,
+        "memory_limit_gib": round(probe.limit_bytes / GiB, 4),
+        "safety_margin": safety_margin,
+        "dtype": precision,
+        "model_hash": model_config_hash(dims),
+        "max_batch_sizes": [r.batch_size for r in results],
+        "probed_tokens": [r.max_tokens for r in results],
+        "peak_memory_gib": [None if r.peak_bytes is None else round(r.peak_bytes / GiB, 4) for r in results],
+        "trials": [len(r.trials) for r in results],
+        "search": dict(search),
+        "torch": str(torch.__version__),
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": command,
+    }
+    save_bucket_batch_sizes(path, list(batch_sizes), bins, **meta)
+
+
+def _regenerate_hint(data: dict, path: PathLike) -> str:
+    cmd = data.get("command") or ("speech-ed oomptimize --config <your config> --bins <bucket_bins.yaml> "
+                                  f"--probe cuda --out {path}")
+    return f"regenerate it with: {cmd}"
+
+
+def check_batch_sizes_match(batch_sizes_file: PathLike, bins: BinsLike, model_dims: ModelDims) -> list[int]:
+    """Refuse per-bucket batch sizes measured for another model or other bins.
+
+    Args:
+        batch_sizes_file: ``bucket_batch_sizes.yaml`` written by ``speech-ed oomptimize``.
+        bins: the bucket bins training uses (:class:`BucketBins` or ``(max_duration_s, max_tokens)`` pairs).
+        model_dims: the dimensions the model is built from (vocabulary size filled in).
+
+    Returns:
+        The batch sizes, one per bucket.
+
+    Raises:
+        ValueError: the file's model hash or bins differ from training's; the message names the field and
+            the command that regenerates the file.
+    """
+    path = Path(batch_sizes_file)
+    sizes = load_bucket_batch_sizes(path)  # format, version, sizes >= 1
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    hint = _regenerate_hint(data, path)
+    expected = model_config_hash(model_dims)
+    recorded = data.get("model_hash")
+    if recorded is None:
+        raise ValueError(f"{path}: no field 'model_hash', so these batch sizes cannot be matched to the "
+                         f"model; {hint} (or, for hand-written sizes, add 'model_hash: {expected}')")
+    if recorded != expected:
+        raise ValueError(f"{path}: field 'model_hash' is {recorded} but the model being trained hashes to "
+                         f"{expected}: the batch sizes were measured for other model dimensions; {hint}")
+    pairs = bins_as_pairs(bins)
+    if len(sizes) != len(pairs):
+        raise ValueError(f"{path}: {len(sizes)} batch sizes but training uses {len(pairs)} buckets; {hint}")
+    file_buckets = data.get("buckets")
+    if file_buckets is None:
+        raise ValueError(f"{path}: no field 'buckets', so the bins these sizes were measured on are "
+                         f"unknown; {hint}")
+    file_durations = [float(b[0]) if isinstance(b, list) else float(b) for b in file_buckets]
+    file_tokens = data.get("probed_tokens") or [int(b[1]) for b in file_buckets if isinstance(b, list)]
+    for i, (d, t) in enumerate(pairs):
+        fd = file_durations[i] if i < len(file_durations) else None
+        ft = file_tokens[i] if i < len(file_tokens) else None
+        if fd is None or abs(fd - d) > 1e-6 or ft != t:
+            raise ValueError(f"{path}: bucket {i} is ({fd}, {ft}) in field 'buckets' but ({d}, {t}) in the "
+                             f"bins training uses: the batch sizes were measured for other bins; {hint}")
+    return sizes
+
+
+def out_of_memory_advice(batch_sizes_file: Optional[PathLike]) -> str:
+    """Message for training to print when a step runs out of memory with OOMptimizer batch sizes."""
+    if not batch_sizes_file or not Path(batch_sizes_file).is_file():
+        return ("out of memory: lower data.max_duration_s, or measure per-bucket batch sizes with "
+                "`speech-ed oomptimize` (see " + RECOVERY_DOC + ")")
+    data = yaml.safe_load(Path(batch_sizes_file).read_text(encoding="utf-8")) or {}
+    fraction = data.get("memory_fraction", 0.9)
+    lower = max(round(float(fraction) - 0.15, 2), 0.3)
+    cmd = data.get("command") or "speech-ed oomptimize ..."
+    return (f"out of memory with the batch sizes of {batch_sizes_file} (probe {data.get('probe', '?')}, "
+            f"memory fraction {fraction}). Re-run the OOMptimizer with a lower fraction, e.g. "
+            f"`{_with_fraction(cmd, lower)}`, and restart from the last checkpoint (see {RECOVERY_DOC})")
+
+
+def _with_fraction(command: str, fraction: float) -> str:
+    """``command`` with its ``--memory-fraction`` replaced (or added)."""
+    parts = command.split()
+    if "--memory-fraction" in parts:
+        i = parts.index("--memory-fraction")
+        if i + 1 < len(parts):
+            parts[i + 1] = f"{fraction:g}"
+            return " ".join(parts)
+    return " ".join(parts + ["--memory-fraction", f"{fraction:g}"])
