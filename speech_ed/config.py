@@ -56,6 +56,12 @@ class DataConfig:
     quadratic_duration_s: Optional[float] = None
     """Optional penalty: an utterance of d seconds counts as d + d^2 / q."""
     num_buckets: int = 30
+    """Duration buckets (1D), or duration groups of the 2D bins."""
+    num_sub_buckets: int = 4
+    """Token sub-buckets per duration bucket when 2D bins are estimated."""
+    strict_2d: bool = True
+    """Strict 2D assignment drops (and counts) cuts that fit no bin or exceed a bucket's tokens-per-second cap;
+    lenient moves them to a larger bucket."""
     bucket_bins: str = ""
     """``bucket_bins.yaml`` from ``speech-ed estimate-bins`` (needed by 'bucket2d')."""
     bucket_batch_sizes: str = ""

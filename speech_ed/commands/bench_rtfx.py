@@ -1,4 +1,4 @@
-"""``speech-ed bench-rtfx``: inverse real-time factor (RTFx) of model presets, encoder and decoder timed apart.
+"""``speech-ed bench-rtfx``: inverse real-time factor (RTFx) of model presets, encoder and decoder apart.
 
 Usage::
 
@@ -7,8 +7,9 @@ Usage::
     speech-ed bench-rtfx --presets canary_1b canary_1b_flash --batch-size 128 --device cuda --dtype bf16
 
 Randomly initialised models are compared fairly by forcing each utterance's output length to its reference
-token count (the decoder still runs step by step on the KV cache, EOS ignored). As on the Open ASR Leaderboard,
-utterances are sorted by length (longest first) and a warm-up pass over the first batch runs before timing.
+token count (the decoder still runs step by step on the KV cache, EOS ignored). As on the Open ASR
+Leaderboard, utterances are sorted by length (longest first) and a warm-up pass over the first batch runs
+before timing.
 RTFx = audio seconds / (encoder + decoder seconds); encoder time includes the frontend and the copy to the
 device, decoder time includes the cross-attention key/value projection and the prompt step. ``--no-kv-cache``
 adds a pass that recomputes the whole prefix (self- and cross-attention keys/values) at every step.
@@ -49,19 +50,20 @@ def add_arguments(parser):
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"],
                         help="bf16 casts the weights (inference); the log-mel frontend always runs in fp32")
     parser.add_argument("--json", default="", help="write the results here (atomically)")
-    parser.add_argument("--cuts", default="", help="Lhotse manifest (.jsonl[.gz]) or TSV with duration_seconds")
+    parser.add_argument("--cuts", default="",
+                        help="Lhotse manifest (.jsonl[.gz]) or TSV with a duration_seconds column")
     parser.add_argument("--num-utterances", type=int, default=0,
                         help="seeded random subset of the manifest (0 = all; default distribution: 256)")
     parser.add_argument("--tokens-per-second", type=float, default=5.0,
-                        help="reference tokens per audio second when no --tokenizer (5 ~ 1024-piece BPE, English)")
-    parser.add_argument("--tokenizer", default="", help="SentencePiece model to count the reference text's tokens")
+                        help="reference tokens per second without --tokenizer (5 ~ 1024-piece English BPE)")
+    parser.add_argument("--tokenizer", default="", help="SentencePiece model counting the reference tokens")
     parser.add_argument("--fixed-output-tokens", type=int, default=0,
-                        help="force every utterance to this many output tokens instead (e.g. 100 for the KV test)")
+                        help="force every output to this many tokens instead (e.g. 100 for the KV test)")
     parser.add_argument("--no-kv-cache", action="store_true", help="also time decoding without the KV cache")
     parser.add_argument("--repeats", type=int, default=1, help="timed passes; the fastest is reported")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--vocab-size", type=int, default=0,
-                        help="override the preset's vocab (0 = the preset's, or 1024 where it leaves it to the tokenizer)")
+                        help="vocab override (0 = the preset's, or 1024 where it leaves it to the tokenizer)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="ModelDims overrides applied to every preset, e.g. subsampling_channels=256")
     parser.add_argument("--seed", type=int, default=0)
@@ -250,8 +252,8 @@ def main(args) -> int:
     utts = load_utterances(args)
     batches = make_batches(utts, args.batch_size)
     print(f"[bench-rtfx] {len(utts)} utterances, {sum(u.duration_s for u in utts) / 3600:.2f} h, "
-          f"{sum(u.num_tokens for u in utts)} reference tokens, {len(batches)} batches of <= {args.batch_size}, "
-          f"device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}")
+          f"{sum(u.num_tokens for u in utts)} reference tokens, {len(batches)} batches of "
+          f"<= {args.batch_size}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}")
     results = []
     for name in args.presets:
         results.append(bench_preset(name, batches, args))
@@ -265,7 +267,8 @@ def main(args) -> int:
         out = {"results": results, "device": args.device, "dtype": args.dtype, "batch_size": args.batch_size,
                "cuts": args.cuts or "default LibriSpeech-like", "num_utterances": len(utts),
                "tokens_per_second": args.tokens_per_second, "fixed_output_tokens": args.fixed_output_tokens,
-               "overrides": list(args.set), "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.platform(),
+               "overrides": list(args.set), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "machine": platform.platform(),
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -181,7 +181,7 @@ def estimate_to_file(args) -> BucketBins:
     return bins
 
 
-def estimate_bins_for_run(cfg, sub_buckets: int = 4, method: str = "both", tps_sigmas: float = 4.0) -> None:
+def estimate_bins_for_run(cfg, sub_buckets: int | None = None, method: str = "both", tps_sigmas: float = 4.0) -> None:
     """Recipe stage: 2D bins of ``<run_dir>/manifests/cuts_train.jsonl.gz``, written to ``data.bucket_bins``.
 
     Idempotent: an existing bins file is kept. Duration buckets come from ``cfg.data.num_buckets``, the
@@ -197,7 +197,7 @@ def estimate_bins_for_run(cfg, sub_buckets: int = 4, method: str = "both", tps_s
         cuts=str(manifests / "cuts_train.jsonl.gz"),
         tokenizer=cfg.tokenizer.path or str(cfg.run_dir / "tokenizer" / "tokenizer.model"),
         pnc=cfg.tokenizer.pnc, lengths_cache=str(cfg.run_dir / "lengths_cache"), no_cache=False,
-        num_buckets=cfg.data.num_buckets, sub_buckets=sub_buckets, method=method, tps_sigmas=tps_sigmas,
+        num_buckets=cfg.data.num_buckets, sub_buckets=sub_buckets or cfg.data.num_sub_buckets, method=method, tps_sigmas=tps_sigmas,
         max_duration_s=cfg.data.max_duration_s, out=str(out))
     estimate_to_file(args)
 

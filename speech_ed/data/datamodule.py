@@ -98,7 +98,7 @@ class AEDDataModule(L.LightningDataModule):
                                 strategy="2d" if d.sampler == "bucket2d" else "random", batch_sizes=batch_sizes,
                                 max_duration_s=d.max_duration_s, quadratic_duration_s=d.quadratic_duration_s,
                                 shuffle=d.shuffle, seed=d.seed, buffer_size=d.buffer_size, world_size=world_size,
-                                rank=rank, sortagrad=d.sortagrad)
+                                rank=rank, sortagrad=d.sortagrad, strict=d.strict_2d)
 
     def train_dataloader(self):
         cuts = CutSet.from_file(manifest_path(self.cfg, "train")).filter(self.train_filter)

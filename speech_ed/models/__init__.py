@@ -5,7 +5,8 @@ API (shapes: B batch, S samples, T encoder frames, U tokens, V vocab, Dd decoder
     out = model(audio, audio_lens, tokens_in)   # (B,S) f32, (B,) i64, (B,U) i64 pad 0
         # out["logits"] (B,U,V), out["ctc_logits"] (B,T,V) | None, out["enc"] (B,T,Dd), out["enc_lens"] (B,)
     enc, enc_lens = model.encode(audio, audio_lens)
-    loss, parts = compute_loss(out, targets, ctc_targets, ctc_target_lens, label_smoothing=0.1, ctc_weight=0.3)
+    loss, parts = compute_loss(out, targets, ctc_targets, ctc_target_lens, label_smoothing=0.1,
+                               ctc_weight=0.3)
         # targets -100 = not scored; ctc_targets padded with 0 (= blank); parts {"att", "ctc"} per token
     hyps = greedy_decode(model, enc, enc_lens, prompt, eos_id, max_len_ratio=0.6, use_cache=True)
     hyps = beam_search(model, enc, enc_lens, prompt, eos_id, beam_size=4, length_penalty=1.0)

@@ -23,8 +23,8 @@ def check_dims(dims: ModelDims) -> None:
         ("vocab_size", dims.vocab_size > 0, "must be > 0 (set it from the tokenizer before building)"),
         ("subsampling_factor", dims.subsampling_factor in (4, 8), "must be 4 or 8"),
         ("subsampling", dims.subsampling in ("conv2d", "dw_striding"), "must be 'conv2d' or 'dw_striding'"),
-        ("encoder_dim", dims.encoder_dim % dims.num_encoder_heads == 0, "must be divisible by num_encoder_heads"),
-        ("decoder_dim", dims.decoder_dim % dims.num_decoder_heads == 0, "must be divisible by num_decoder_heads"),
+        ("encoder_dim", dims.encoder_dim % dims.num_encoder_heads == 0, "must divide by num_encoder_heads"),
+        ("decoder_dim", dims.decoder_dim % dims.num_decoder_heads == 0, "must divide by num_decoder_heads"),
         ("pos_enc", dims.pos_enc in ("abs", "rel"), "must be 'abs' or 'rel'"),
         ("decoder_pos", dims.decoder_pos in ("sinusoidal", "learned"), "must be 'sinusoidal' or 'learned'"),
         ("attention_impl", dims.attention_impl in ("matmul", "sdpa", "auto"), "must be matmul, sdpa or auto"),
@@ -59,12 +59,12 @@ class AEDModel(nn.Module):
             if dims.spec_augment else None
         )
         self.subsampling = ConvSubsampling(
-            dims.subsampling, dims.subsampling_factor, dims.n_mels, dims.subsampling_channels, dims.encoder_dim
+            dims.subsampling, dims.subsampling_factor, dims.n_mels, dims.subsampling_channels,
+            dims.encoder_dim,
         )
         self.encoder = ConformerEncoder(dims)
-        self.projection = (
-            nn.Linear(dims.encoder_dim, dims.decoder_dim) if dims.encoder_dim != dims.decoder_dim else nn.Identity()
-        )
+        widths_differ = dims.encoder_dim != dims.decoder_dim
+        self.projection = nn.Linear(dims.encoder_dim, dims.decoder_dim) if widths_differ else nn.Identity()
         self.ctc = nn.Linear(dims.encoder_dim, dims.vocab_size) if dims.ctc_head else None
         self.decoder = TransformerDecoder(dims)
 
@@ -104,7 +104,8 @@ class AEDModel(nn.Module):
         """
         check_audio(audio, audio_lens)
         if tokens_in.dim() != 2 or tokens_in.shape[0] != audio.shape[0]:
-            raise ValueError(f"tokens_in must be (B, U) with B={audio.shape[0]}, got {tuple(tokens_in.shape)}")
+            raise ValueError(f"tokens_in must be (B, U) with B={audio.shape[0]}, "
+                             f"got {tuple(tokens_in.shape)}")
         x, lens = self._encode(audio, audio_lens)
         enc = self.projection(x)
         logits = self.decoder(tokens_in, enc, lens)

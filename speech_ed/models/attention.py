@@ -3,8 +3,8 @@
 Shapes: B batch, H heads, Tq queries, Tk keys, D width, Dh = D / H.
 
 Attention is ``softmax(Q K^T / sqrt(Dh)) V`` written as matmuls (``impl='matmul'``): on CPU this is faster to
-train than ``F.scaled_dot_product_attention``, whose flash-CPU backward is slow. ``impl='sdpa'`` uses the fused
-kernel; ``impl='auto'`` picks SDPA on CUDA and matmuls elsewhere.
+train than ``F.scaled_dot_product_attention``, whose flash-CPU backward is slow. ``impl='sdpa'`` uses the
+fused kernel; ``impl='auto'`` picks SDPA on CUDA and matmuls elsewhere.
 Masks are boolean, True = may attend, broadcastable to (B, H, Tq, Tk).
 """
 
@@ -86,7 +86,7 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, t, self.heads, d // self.heads).transpose(1, 2)
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values (B, H, Tk, Dh) of x (B, Tk, D_kv); cached once per utterance for cross-attention."""
+        """Keys and values (B, H, Tk, Dh) of x (B, Tk, Dkv) (cached once per utterance in cross-attention)."""
         return self.split(self.key(x)), self.split(self.value(x))
 
     def attend_kv(self, x, k, v, mask, bias=None, q=None):

@@ -107,7 +107,7 @@ class TransformerDecoder(nn.Module):
             self.output.weight = self.embed.weight
 
     def init_cache(self, memory: torch.Tensor, memory_lens: torch.Tensor, max_len: int) -> KVCache:
-        """Cross keys/values of memory (B, T, D) computed once, and empty self-attention buffers of max_len."""
+        """Cross keys/values of memory (B, T, D) once, and empty self-attention buffers of max_len."""
         if max_len > self.max_positions:
             raise ValueError(f"max_len {max_len} exceeds max_decoder_positions={self.max_positions}")
         b, t, _ = memory.shape
@@ -132,7 +132,8 @@ class TransformerDecoder(nn.Module):
 
         Args:
             tokens: (B, U) int64. Without a cache: the whole sequence from position 0 (pads after each row do
-                not affect earlier positions). With a cache: only new tokens, at positions cache.length onwards.
+                not affect earlier positions). With a cache: only the new tokens, at positions cache.length
+                onwards.
             memory: (B, T, D) encoder output (ignored when a cache is given).
             memory_lens: (B,) int64 valid frames of memory.
             cache: from :meth:`init_cache`; advanced by U on return.
@@ -142,7 +143,7 @@ class TransformerDecoder(nn.Module):
         """
         b, u = tokens.shape
         start = cache.length if cache is not None else 0
-        bad_memory = memory is None or memory.dim() != 3 or memory.shape[0] != b or memory.shape[2] != self.dim
+        bad_memory = memory is None or memory.dim() != 3 or tuple(memory.shape[::2]) != (b, self.dim)
         if cache is None and bad_memory:
             got = None if memory is None else tuple(memory.shape)
             raise ValueError(f"memory must be (B, T, D) = ({b}, T, {self.dim}) without a cache, got {got}")
@@ -160,7 +161,8 @@ class TransformerDecoder(nn.Module):
         memory_mask = None
         if cache is None:
             t = memory.shape[1]
-            memory_mask = (torch.arange(t, device=memory.device)[None, :] < memory_lens[:, None])[:, None, None]
+            frames = torch.arange(t, device=memory.device)
+            memory_mask = (frames[None, :] < memory_lens[:, None])[:, None, None]  # (B, 1, 1, T)
         for i, layer in enumerate(self.layers):
             x = layer(x, self_mask, memory, memory_mask, cache, i)
         if cache is not None:

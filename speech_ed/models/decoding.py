@@ -188,8 +188,8 @@ def beam_search(
             if at_limit or alive == 0:
                 done[i] = True
             elif len(finished[i]) >= k:
-                # Done when the worst kept hypothesis beats the best alive beam normalised at its current length
-                # (exact for length_penalty 0, where scores only fall; the usual heuristic otherwise).
+                # Done when the worst kept hypothesis beats the best alive beam normalised at its current
+                # length (exact for length_penalty 0, where scores only fall; the usual heuristic otherwise).
                 best_alive = _length_norm(float(new_scores[i, 0]), step + 1, length_penalty, penalty_style)
                 done[i] = finished[i][-1][0] >= best_alive
         if all(done):

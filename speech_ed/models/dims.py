@@ -47,5 +47,5 @@ class ModelDims:
     time_masks: int = 5
     time_mask_ratio: float = 0.05
     attention_impl: str = "auto"
-    """'matmul' (plain softmax(QK^T)V: fastest to train on CPU), 'sdpa' (fused kernel) or 'auto' (SDPA on CUDA,
-    matmul elsewhere)."""
+    """'matmul' (plain softmax(QK^T)V: fastest to train on CPU), 'sdpa' (fused kernel) or 'auto' (SDPA on
+    CUDA, matmul elsewhere)."""

@@ -64,9 +64,11 @@ class LogMelFrontend(nn.Module):
                 window=self.window.float(), center=True, pad_mode="constant", return_complex=True,
             )  # (B, n_fft/2+1, T)
             power = spec.real.square() + spec.imag.square()
-            feats = torch.log(torch.matmul(power.transpose(1, 2), self.mel_fb.float()) + 2.0**-24)  # (B, T, F)
+            mel = torch.matmul(power.transpose(1, 2), self.mel_fb.float())  # (B, T, F)
+            feats = torch.log(mel + 2.0**-24)
             feat_lens = self.num_frames(audio_lens).clamp(max=feats.shape[1])
-            valid = (torch.arange(feats.shape[1], device=feats.device)[None, :] < feat_lens[:, None])[..., None]
+            frames = torch.arange(feats.shape[1], device=feats.device)
+            valid = (frames[None, :] < feat_lens[:, None])[..., None]  # (B, T, 1)
             n = feat_lens.clamp(min=1)[:, None, None].float()
             feats = feats.masked_fill(~valid, 0.0)
             mean = feats.sum(dim=1, keepdim=True) / n

@@ -55,12 +55,13 @@ class AEDLightningModule(L.LightningModule):
         self.skipped: Counter = Counter()
         self.unk_pieces = 0
         self.non_finite_steps = 0
+        self.last_batch_size = 0
         self._t_start = None
 
     def training_step(self, batch: dict, batch_idx: int):
         self.skipped.update(batch["skipped"])
         self.unk_pieces += batch["unk_pieces"]
-        bs = batch["audio"].shape[0]
+        bs = self.last_batch_size = batch["audio"].shape[0]
         if bs == 0:  # every cut of this batch was skipped (counted above)
             return None
         tokens_in, targets = split_decoder_io(batch["tokens"], batch["token_lens"])

@@ -65,6 +65,12 @@ def train(cfg: ExperimentConfig) -> Path:
         torch.set_num_threads(cfg.trainer.num_threads)
 
     tokenizer = Tokenizer.load(tokenizer_path(cfg))
+    if cfg.data.bucket_batch_sizes:  # refuse sizes measured for another model or other bins, before any data
+        from speech_ed.oomptimizer import check_batch_sizes_match
+        from speech_ed.sampling import load_bucket_bins
+
+        check_batch_sizes_match(cfg.data.bucket_batch_sizes, load_bucket_bins(cfg.data.bucket_bins),
+                                dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
     datamodule = AEDDataModule(cfg, tokenizer)
     module = AEDLightningModule(dataclasses.asdict(cfg), tokenizer.vocab_size)
     n_params = sum(p.numel() for p in module.model.parameters())
@@ -89,7 +95,15 @@ def train(cfg: ExperimentConfig) -> Path:
     )
     last = ckpt_dir / "last.ckpt"
     t0 = time.monotonic()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    except torch.OutOfMemoryError as e:
+        from speech_ed.oomptimizer import out_of_memory_advice
+
+        sampler = datamodule.sampler
+        where = (f"bucket {getattr(sampler, 'last_bucket', '?')} "
+                 f"(batch size {getattr(module, 'last_batch_size', '?')})")
+        raise RuntimeError(f"{where}: {out_of_memory_advice(cfg.data.bucket_batch_sizes)}") from e
     wall_s = time.monotonic() - t0
 
     model_path = run_dir / "model.pt"

@@ -27,7 +27,9 @@ def batch(lengths, u=6, seed=0):
     return audio, torch.tensor(lengths), tokens
 
 
-@pytest.mark.parametrize("kind,factor,pos", [("conv2d", 8, "abs"), ("dw_striding", 8, "rel"), ("conv2d", 4, "rel")])
+@pytest.mark.parametrize(
+    "kind,factor,pos", [("conv2d", 8, "abs"), ("dw_striding", 8, "rel"), ("conv2d", 4, "rel")]
+)
 def test_forward_shapes(kind, factor, pos):
     torch.manual_seed(0)
     model = AEDModel(tiny_dims(subsampling=kind, subsampling_factor=factor, pos_enc=pos))
@@ -140,7 +142,7 @@ def test_bf16_autocast_forward_backward():
 
 
 def test_overfit_a_few_utterances_to_zero_error():
-    """A tiny model memorises 3 utterances: loss falls and greedy, beam and CTC decoding reproduce the targets."""
+    """A tiny model memorises 3 utterances: loss falls; greedy, beam and CTC decoding give the targets."""
     torch.manual_seed(0)
     model = AEDModel(tiny_dims(spec_augment=False))
     audio, lens, _ = batch([12000, 9000, 10500])

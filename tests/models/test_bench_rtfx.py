@@ -23,12 +23,12 @@ def test_batches_are_sorted_longest_first():
 def test_tsv_durations_tokens_and_subset(tmp_path):
     tsv = tmp_path / "m.tsv"
     tsv.write_text("id\tduration_seconds\ttext\n" + "".join(f"u{i}\t{1.0 + i}\tA B\n" for i in range(10)))
-    utts = bench_rtfx.load_utterances(parse("--presets", "tiny", "--cuts", str(tsv), "--tokens-per-second", "4"))
+    utts = bench_rtfx.load_utterances(parse("--presets", "t", "--cuts", str(tsv), "--tokens-per-second", "4"))
     assert [u.duration_s for u in utts] == [1.0 + i for i in range(10)]
     assert [u.num_tokens for u in utts] == [round(4 * (1.0 + i)) for i in range(10)]
     sub = bench_rtfx.load_utterances(parse("--presets", "tiny", "--cuts", str(tsv), "--num-utterances", "4"))
     assert len(sub) == 4 and len({u.duration_s for u in sub}) == 4
-    fixed = bench_rtfx.load_utterances(parse("--presets", "tiny", "--cuts", str(tsv), "--fixed-output-tokens", "7"))
+    fixed = bench_rtfx.load_utterances(parse("--presets", "t", "--cuts", str(tsv), "--fixed-output-tokens=7"))
     assert {u.num_tokens for u in fixed} == {7}
     bad = tmp_path / "bad.tsv"
     bad.write_text("id\tseconds\nu0\t1.0\n")

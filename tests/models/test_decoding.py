@@ -46,7 +46,8 @@ def test_greedy_rows_match_single_utterance_decoding(model_and_enc):
     batched = greedy_decode(model, enc, enc_lens, prompt(4), EOS, max_len_ratio=2.0)
     for i in range(4):
         t = int(enc_lens[i])
-        alone = greedy_decode(model, enc[i : i + 1, :t], enc_lens[i : i + 1], prompt(1), EOS, max_len_ratio=2.0)
+        one = slice(i, i + 1)
+        alone = greedy_decode(model, enc[one, :t], enc_lens[one], prompt(1), EOS, max_len_ratio=2.0)
         assert alone[0] == batched[i]
 
 
@@ -76,7 +77,8 @@ def test_forced_lengths(model_and_enc):
 def test_beam_one_equals_greedy(model_and_enc, use_cache):
     model, enc, enc_lens = model_and_enc
     greedy = greedy_decode(model, enc, enc_lens, prompt(4), EOS, max_len_ratio=2.0)
-    beam = beam_search(model, enc, enc_lens, prompt(4), EOS, beam_size=1, max_len_ratio=2.0, use_cache=use_cache)
+    beam = beam_search(model, enc, enc_lens, prompt(4), EOS, beam_size=1, max_len_ratio=2.0,
+                       use_cache=use_cache)
     assert beam == greedy
 
 
@@ -108,8 +110,8 @@ def test_beam_search_finds_what_greedy_misses(penalty_style):
     limit = int(max_new_tokens(enc_lens, 0.6)[0])
     assert greedy_decode(toy, enc, enc_lens, p, EOS, use_cache=False) == [[toy.A] * limit] * 2
     assert beam_search(toy, enc, enc_lens, p, EOS, beam_size=1, use_cache=False) == [[toy.A] * limit] * 2
-    best = beam_search(toy, enc, enc_lens, p, EOS, beam_size=2, length_penalty=0.0, penalty_style=penalty_style,
-                       use_cache=False)
+    best = beam_search(toy, enc, enc_lens, p, EOS, beam_size=2, length_penalty=0.0,
+                       penalty_style=penalty_style, use_cache=False)
     assert best == [[toy.B]] * 2
     with pytest.raises(ValueError, match="penalty_style"):
         beam_search(toy, enc, enc_lens, p, EOS, penalty_style="wrong", use_cache=False)

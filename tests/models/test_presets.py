@@ -59,9 +59,11 @@ def test_canary_shapes():
     d1, d2, d3 = (load_model_preset(n) for n in ("canary_1b", "canary_1b_flash", "canary_180m_flash"))
     assert (d1.num_encoder_layers, d1.num_decoder_layers, d1.encoder_dim) == (24, 24, 1024)
     assert (d2.num_encoder_layers, d2.num_decoder_layers, d2.encoder_dim) == (32, 4, 1024)
-    assert (d3.num_encoder_layers, d3.num_decoder_layers, d3.encoder_dim, d3.decoder_dim) == (17, 4, 512, 1024)
+    assert (d3.num_encoder_layers, d3.num_decoder_layers) == (17, 4)
+    assert (d3.encoder_dim, d3.decoder_dim) == (512, 1024)
     for d in (d1, d2, d3):
-        assert (d.subsampling, d.subsampling_channels, d.pos_enc, d.conv_kernel_size) == ("dw_striding", 256, "rel", 9)
+        assert (d.subsampling, d.subsampling_channels) == ("dw_striding", 256)
+        assert (d.pos_enc, d.conv_kernel_size) == ("rel", 9)
     model = build("canary_180m_flash", "meta")
     assert isinstance(model.projection, torch.nn.Linear) and model.projection.weight.shape == (1024, 512)
     assert isinstance(build("canary_1b_flash", "meta").projection, torch.nn.Identity)

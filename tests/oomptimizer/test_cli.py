@@ -1,10 +1,11 @@
 """`speech-ed oomptimize` end to end on the tiny model: table, YAML, and the training-side check."""
 
+from dataclasses import replace
+
 import yaml
 
 from speech_ed.cli import main
 from speech_ed.config import load_config
-from dataclasses import replace
 from speech_ed.oomptimizer.io import check_batch_sizes_match
 from speech_ed.sampling.bins import BucketBins
 from speech_ed.sampling.io import load_bucket_bins, save_bucket_bins

@@ -42,3 +42,26 @@ def test_train_logs_padding_and_exports_model(tmp_path, small_cuts, tokenizer):
     assert set(results["wer"]["per_language"]) == {"es", "it"}
     assert results["rtfx"] > 0
     assert (run / "RESULTS.md").read_text().startswith("# Results")
+
+
+def test_transcribe_files_wav_flac_and_bad_files(tmp_path, small_cuts, tokenizer, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    from speech_ed.cli import main as cli_main
+
+    cfg = _write_run(tmp_path, small_cuts, tokenizer, ["trainer.max_steps=2", "optim.warmup_steps=1"])
+    model_path = train(cfg)
+    tone = (0.1 * np.sin(np.arange(8000) / 5)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", tone, 16000)
+    sf.write(tmp_path / "b.flac", tone, 8000)  # another rate: resampled
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not really")
+    sf.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    files = [str(tmp_path / n) for n in ("a.wav", "bad.wav", "b.flac", "empty.wav", "missing.wav")]
+    capsys.readouterr()
+    rc = cli_main(["transcribe", "--ckpt", str(model_path), "--language", "es", *files])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 1  # some files failed
+    assert [line.split("\t")[0] for line in lines] == files  # one line per file, in order
+    status = ["ERROR" in line for line in lines]
+    assert status == [False, True, False, True, True]
