@@ -12,7 +12,7 @@ voice (base voice of the language + variant m1-m7/f1-f5), a speed (140-190 words
 drawn from the seed; test voices come from the same distribution (matched condition).
 
 Synthesis calls libespeak-ng in-process through ctypes (backend ``library``): 2.7-5.9x the throughput of one
-``espeak-ng | sox`` process pair per utterance (docs/bench/corpus.md). The library keeps a little state from
+``espeak-ng | sox`` process pair per utterance (docs/BENCHMARKS.md). The library keeps a little state from
 one utterance to the next (pause lengths, waveform phase), so utterances are synthesised in fixed
 shards of ``SHARD_SIZE``, each in a freshly forked process: the first utterance of a shard is sample-identical
 to the ``espeak-ng`` program, and the corpus is the same for any ``num_workers``. Backend ``command`` runs

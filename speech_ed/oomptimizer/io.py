@@ -27,7 +27,7 @@ from speech_ed.sampling.io import load_bucket_batch_sizes, save_bucket_batch_siz
 
 PathLike = Union[str, os.PathLike]
 BinsLike = Union[BucketBins, Sequence[Sequence[float]]]
-RECOVERY_DOC = "docs/bench/oomptimizer.md#if-training-still-runs-out-of-memory"
+RECOVERY_DOC = "docs/BENCHMARKS.md#if-training-still-runs-out-of-memory"
 
 
 def bins_as_pairs(bins: BinsLike) -> list[tuple[float, int]]:
