@@ -20,6 +20,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from speech_ed.atomic import atomic_write_text
 from speech_ed.models.dims import ModelDims
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -285,11 +286,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
 
 def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
     """Write the resolved config atomically (write, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    os.replace(tmp, path)
+    atomic_write_text(path, config_to_yaml(cfg))
 
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:

@@ -24,7 +24,6 @@ fits the decoder's positions. Audio is the cut's recording when it has one, othe
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time

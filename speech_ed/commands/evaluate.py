@@ -17,9 +17,9 @@ from speech_ed.config import ExperimentConfig, load_config
 
 def evaluate(cfg: ExperimentConfig, model_path: str | Path | None = None) -> dict:
     from speech_ed.data.datamodule import manifest_path
-    from speech_ed.evaluation.evaluate import results_markdown, transcribe_cuts, wer_table, write_text_atomic
+    from speech_ed.atomic import atomic_write_json, atomic_write_text
+    from speech_ed.evaluation.evaluate import results_markdown, transcribe_cuts, wer_table
     from speech_ed.evaluation.model_io import load_for_inference
-    from speech_ed.training.train import write_json
 
     run_dir = cfg.run_dir
     model, tokenizer = load_for_inference(model_path or run_dir / "model.pt")
@@ -44,9 +44,9 @@ def evaluate(cfg: ExperimentConfig, model_path: str | Path | None = None) -> dic
         "train": json.loads(train_stats_path.read_text()) if train_stats_path.is_file() else {},
         "examples": [{"ref": r["ref"], "hyp": r["hyp"]} for r in rows[:: max(1, len(rows) // 8)][:8]],
     }
-    write_json(run_dir / "results.json", results)
-    write_json(run_dir / "hypotheses.json", rows)
-    write_text_atomic(run_dir / "RESULTS.md", results_markdown(results))
+    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_json(run_dir / "hypotheses.json", rows)
+    atomic_write_text(run_dir / "RESULTS.md", results_markdown(results))
     print(results_markdown(results))
     return results
 

@@ -7,7 +7,6 @@ gets an ``ERROR`` line naming the problem; the other files are still transcribed
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -41,6 +41,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from speech_ed.atomic import atomic_write_json
 from speech_ed.data.fortunes import load_sentences
 
 SAMPLE_RATE = 16000
@@ -278,12 +279,6 @@ def _count_by_split(utterances: list[Utterance], results: list[tuple[str, str, i
     return table
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def prepare_espeak_corpus(out_dir: str | Path, languages: tuple[str, ...] = ("es", "it"),
                           num_train: int = 8000, num_dev: int = 100, num_test: int = 200,
                           num_workers: int = 2, seed: int = 0,
@@ -370,5 +365,5 @@ def prepare_espeak_corpus(out_dir: str | Path, languages: tuple[str, ...] = ("es
     paths = _write_manifests(out_dir, utterances, num_samples)
     print(f"[espeak-corpus] {len(utterances)} utterances in {seconds:.1f} s "
           f"({stats['utterances_per_second']} utt/s, backend={backend}, {num_workers} workers)", flush=True)
-    _write_json(stats_path, stats)
+    atomic_write_json(stats_path, stats)
     return paths

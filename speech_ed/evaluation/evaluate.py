@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import jiwer
 import torch
@@ -65,8 +64,7 @@ def transcribe_cuts(model, tokenizer: Tokenizer, cuts, batch_size: int = 64, max
                                         custom.get("task", "transcribe"), pnc))
         prompt = torch.tensor(prompts, dtype=torch.long, device=device)
         with autocast:
-            x, enc_lens = model._encode(audio, audio_lens)  # before the projection: the CTC head's input
-            enc = model.projection(x)
+            enc, enc_lens, ctc_logits = model.encode_with_ctc(audio, audio_lens)
             if beam_size > 1:
                 from speech_ed.models import beam_search
 
@@ -75,8 +73,8 @@ def transcribe_cuts(model, tokenizer: Tokenizer, cuts, batch_size: int = 64, max
             else:
                 hyps = greedy_decode(model, enc, enc_lens, prompt, tokenizer.eos_id, max_len_ratio=max_len_ratio)
             ctc_hyps = None
-            if with_ctc and model.ctc is not None:
-                ctc_hyps = ctc_greedy_decode(model.ctc(x), enc_lens, blank=tokenizer.pad_id)
+            if with_ctc and ctc_logits is not None:
+                ctc_hyps = ctc_greedy_decode(ctc_logits, enc_lens, blank=tokenizer.pad_id)
         for i, cid in enumerate(batch["cut_ids"]):
             rows.append({"id": cid, "language": batch["languages"][i], "ref": batch["texts"][i],
                          "hyp": tokenizer.decode(hyps[i]),
@@ -128,11 +126,3 @@ def results_markdown(results: dict) -> str:
         lines += ["Examples (reference / hypothesis):", ""]
         lines += [f"- `{e['ref']}` / `{e['hyp']}`" for e in examples]
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

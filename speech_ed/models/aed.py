@@ -91,6 +91,11 @@ class AEDModel(nn.Module):
         x, lens = self._encode(audio, audio_lens)
         return self.projection(x), lens
 
+    def encode_with_ctc(self, audio: torch.Tensor, audio_lens: torch.Tensor):
+        """Like :meth:`encode`, plus the CTC head's logits (B, T, V) (None without a CTC head)."""
+        x, lens = self._encode(audio, audio_lens)
+        return self.projection(x), lens, (self.ctc(x) if self.ctc is not None else None)
+
     def forward(self, audio: torch.Tensor, audio_lens: torch.Tensor, tokens_in: torch.Tensor) -> dict:
         """Teacher-forced forward pass.
 

@@ -25,33 +25,19 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
 
+from speech_ed.atomic import atomic_write_text  # noqa: F401  (re-exported for callers of sampling.io)
 from speech_ed.sampling.bins import BucketBins
+
 
 BINS_FORMAT = "speech_ed.bucket_bins"
 BATCH_SIZES_FORMAT = "speech_ed.bucket_batch_sizes"
 VERSION = 1
 PathLike = Union[str, os.PathLike]
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _dump(data: dict) -> str:

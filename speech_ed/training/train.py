@@ -21,20 +21,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from speech_ed.atomic import atomic_write_json
 from speech_ed.config import ExperimentConfig, config_to_yaml, save_config
 from speech_ed.data.datamodule import AEDDataModule
 from speech_ed.data.tokenizer import Tokenizer
 from speech_ed.models.checkpoint import save_model_file
 from speech_ed.training.callbacks import ThroughputLogger
 from speech_ed.training.module import AEDLightningModule
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def tokenizer_path(cfg: ExperimentConfig) -> Path:
@@ -119,6 +112,6 @@ def train(cfg: ExperimentConfig) -> Path:
                  "skipped_at_loading": dict(module.skipped), "unknown_pieces": module.unk_pieces,
                  "non_finite_steps": module.non_finite_steps,
                  "sampler_stats": dict(getattr(datamodule.sampler, "stats", {}) or {})}
-        write_json(run_dir / "train_stats.json", stats)
+        atomic_write_json(run_dir / "train_stats.json", stats)
         print("training done:", json.dumps(stats))
     return model_path
