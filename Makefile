@@ -3,8 +3,11 @@ RECIPE ?= espeak_multilingual
 VENV ?= .venv
 SPEECH_ED = $(VENV)/bin/speech-ed
 ARGS ?=
+NODES ?= 1
+GPUS_PER_NODE ?= 8
+TIME ?= 24:00:00
 
-.PHONY: help install recipe test test-all lint clean-exp
+.PHONY: help install recipe test test-all lint clean-exp slurm fake-librispeech
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -14,6 +17,12 @@ install: ## create .venv, install pinned Python packages and (as root) the corpu
 
 recipe: install ## run RECIPE (default espeak_multilingual) end to end; STAGE=, STOP_STAGE=, ARGS="key=value ..."
 	$(SPEECH_ED) recipe $(RECIPE) $(if $(STAGE),--stage $(STAGE)) $(if $(STOP_STAGE),--stop-stage $(STOP_STAGE)) $(if $(DATA_DIR),prepare.data_dir=$(DATA_DIR)) $(ARGS)
+
+slurm: install ## print RECIPE's SLURM training script (NODES=, GPUS_PER_NODE=, TIME=, PARTITION=, ACCOUNT=, ARGS=); SUBMIT=1 submits it
+	@$(SPEECH_ED) slurm --config recipes/$(RECIPE)/config.yaml --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) --time $(TIME) $(if $(PARTITION),--partition $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT)) $(if $(SUBMIT),--submit) $(ARGS)
+
+fake-librispeech: install ## write a tiny LibriSpeech-layout corpus (espeak-ng speech) into DATA_DIR, for testing the recipe
+	$(SPEECH_ED) fake-librispeech --out $(DATA_DIR)
 
 test: install ## run the quick test suite (CPU, a few minutes)
 	WANDB_MODE=offline $(VENV)/bin/pytest

@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "padding-report": ("speech_ed.commands.padding_report", "simulate an epoch of a sampler and report padding"),
     "oomptimize": ("speech_ed.commands.oomptimize", "find the largest batch size per bucket"),
     "bench-rtfx": ("speech_ed.commands.bench_rtfx", "measure inverse real-time factor of model presets"),
+    "efficiency-study": ("speech_ed.commands.efficiency_study",
+                         "train random / 1D / 2D+OOMptimizer batching under one memory budget and report"),
+    "slurm": ("speech_ed.commands.slurm", "render (or submit) the SLURM batch script for multi-node training"),
+    "fake-librispeech": ("speech_ed.data.fake_librispeech", "write a tiny LibriSpeech-layout corpus (espeak-ng)"),
 }
 
 

@@ -117,6 +117,11 @@ class TrainerConfig:
     checkpoint_every_n_steps: int = 500
     logger: str = "csv"
     """'csv' or 'wandb' (offline when no API key is configured)."""
+    resume_from: Optional[str] = "last"
+    """'last': continue from ``<run_dir>/checkpoints/last.ckpt`` when it exists (else start); a path: continue
+    from that checkpoint (it must exist); null: start from scratch even when a checkpoint exists."""
+    max_bad_steps_in_a_row: int = 20
+    """Stop with an error after this many consecutive steps with a NaN or infinite loss (each is skipped)."""
     wandb_project: str = "speech_ed"
 
 
@@ -142,6 +147,28 @@ class PrepareConfig:
     num_workers: int = 2
     data_dir: str = ""
     """Where an external corpus lives (e.g. LibriSpeech); unused by synthetic corpora."""
+    train_parts: list[str] = field(default_factory=list)
+    """External corpora: parts joined into the training manifest (e.g. LibriSpeech's train-clean-100)."""
+    dev_parts: list[str] = field(default_factory=list)
+    """External corpora: parts joined into the dev manifest (validation), each also evaluated on its own."""
+    test_parts: list[str] = field(default_factory=list)
+    """External corpora: parts evaluated one by one (a WER per part)."""
+    download: bool = True
+    """External corpora: download missing parts when the server is reachable (else stop, saying what to get)."""
+
+
+@dataclass
+class OomptimizeConfig:
+    """How a recipe's batch-size stage runs ``speech-ed oomptimize`` (when ``data.bucket_batch_sizes`` is set)."""
+
+    probe: str = "auto"
+    """'auto' (cuda when a GPU is visible, else simulate for ``target_gpu``), 'cuda', 'simulate' or 'cpu'."""
+    target_gpu: str = "h100-80gb"
+    """GPU the simulate probe plans for (a name ``speech-ed oomptimize --target-gpu`` knows)."""
+    memory_budget_gib: Optional[float] = None
+    """Memory to fill; default: the GPU's (cuda) or ``target_gpu``'s (simulate). Required by 'cpu'."""
+    memory_fraction: float = 0.9
+    """Share of the budget used; lower it if training still runs out of memory."""
 
 
 @dataclass
@@ -160,6 +187,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    oomptimize: OomptimizeConfig = field(default_factory=OomptimizeConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -278,8 +306,18 @@ def validate_config(cfg: ExperimentConfig) -> None:
         bad("trainer.logger", f"must be 'csv' or 'wandb', got {t.logger!r}")
     if t.precision not in ("bf16-mixed", "32-true", "16-mixed", "bf16-true"):
         bad("trainer.precision", f"unsupported {t.precision!r}")
+    if t.max_bad_steps_in_a_row < 1:
+        bad("trainer.max_bad_steps_in_a_row", f"must be >= 1, got {t.max_bad_steps_in_a_row}")
+    if t.resume_from not in (None, "", "last") and not Path(t.resume_from).is_file():
+        bad("trainer.resume_from", f"{t.resume_from} does not exist; give a checkpoint file, 'last' or null")
     if cfg.eval.beam_size < 1:
         bad("eval.beam_size", f"must be >= 1, got {cfg.eval.beam_size}")
+    if cfg.oomptimize.probe not in ("auto", "cuda", "simulate", "cpu"):
+        bad("oomptimize.probe", f"must be 'auto', 'cuda', 'simulate' or 'cpu', got {cfg.oomptimize.probe!r}")
+    if cfg.oomptimize.probe == "cpu" and cfg.oomptimize.memory_budget_gib is None:
+        bad("oomptimize.memory_budget_gib", "oomptimize.probe=cpu needs a memory budget in GiB")
+    if not 0.0 < cfg.oomptimize.memory_fraction <= 1.0:
+        bad("oomptimize.memory_fraction", f"must be in (0, 1], got {cfg.oomptimize.memory_fraction}")
     if cfg.eval.split not in ("dev", "test"):
         bad("eval.split", f"must be 'dev' or 'test', got {cfg.eval.split!r}")
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from speech_ed.config import ExperimentConfig, load_config
 
@@ -33,9 +33,16 @@ def parse_recipe_args(argv: list[str] | None, default_config: Path, num_stages: 
     return cfg, args
 
 
-def run_recipe(default_config: Path, stages: list[Stage], argv: list[str] | None = None) -> int:
-    """Parse ``argv``, validate the config (before any data is read), then run the selected stages."""
+def run_recipe(default_config: Path, stages: list[Stage], argv: list[str] | None = None,
+               check: Callable[[ExperimentConfig], None] | None = None) -> int:
+    """Parse ``argv``, validate the config (before any data is read), then run the selected stages.
+
+    ``check`` is the recipe's own validation (e.g. corpus part names); it runs before any stage and raises
+    :class:`speech_ed.config.ConfigError` naming the field.
+    """
     cfg, args = parse_recipe_args(argv, default_config, len(stages))
+    if check is not None:
+        check(cfg)
     done_dir = cfg.run_dir / ".done"
     for n, (name, fn) in enumerate(stages):
         if not args.stage <= n <= args.stop_stage:

@@ -33,7 +33,6 @@ from speech_ed.sampling.padding import (
     Lengths,
     file_digest,
     lengths_cache_key,
-    measure_lengths,
     simulate_epoch,
 )
 
@@ -56,9 +55,8 @@ def load_lengths(args) -> tuple[Lengths, dict[str, Any]]:
     Returns:
         ``(lengths, provenance)`` where provenance names the tokenizer and the prompt format counted.
     """
-    from lhotse import CutSet
-
-    from speech_ed.data.prompt import count_decoder_tokens, describe_prompt_format
+    from speech_ed.data.lengths import measure_manifest_lengths
+    from speech_ed.data.prompt import describe_prompt_format
     from speech_ed.data.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.load(args.tokenizer)
@@ -73,8 +71,12 @@ def load_lengths(args) -> tuple[Lengths, dict[str, Any]]:
         cache = Path(args.lengths_cache) / f"{Path(args.cuts).name}.{key}.npz"
     cached = cache is not None and cache.is_file()
     start = time.perf_counter()
-    lengths = measure_lengths(CutSet.from_file(args.cuts),
-                              lambda c: count_decoder_tokens(c, tokenizer, args.pnc), cache_path=cache)
+    if cached:
+        lengths = Lengths.load(cache)
+    else:
+        lengths = measure_manifest_lengths(args.cuts, tokenizer.model_path, args.pnc)
+        if cache is not None:
+            lengths.save(cache)
     provenance["lengths_seconds"] = round(time.perf_counter() - start, 3)
     provenance["lengths_cached"] = cached
     if len(lengths) == 0:

@@ -17,6 +17,7 @@ their duration groups. With one strategy the JSON is that strategy's report; wit
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,7 @@ def add_arguments(parser):
     parser.add_argument("--wandb", action="store_true", help="log each strategy as a run in one W&B group")
     parser.add_argument("--wandb-project", default="speech_ed")
     parser.add_argument("--wandb-group", default=None, help="default: padding-report-<timestamp>")
+    parser.add_argument("--wandb-dir", default=None, help="where W&B writes its runs (default: WANDB_DIR or .)")
 
 
 def _bins_for(strategy: str, args, lengths: Lengths, loaded: Optional[BucketBins]) -> Optional[BucketBins]:
@@ -138,14 +140,18 @@ def plot_reports(reports: list[dict[str, Any]], path: str) -> None:
     tmp.replace(path)
 
 
-def log_wandb(reports: list[dict[str, Any]], meta: dict[str, Any], project: str, group: Optional[str]) -> str:
-    """One W&B run per strategy in a shared group (honours WANDB_MODE, e.g. offline)."""
+def log_wandb(reports: list[dict[str, Any]], meta: dict[str, Any], project: str, group: Optional[str],
+              wandb_dir: Optional[str] = None) -> str:
+    """One W&B run per strategy in a shared group; offline when WANDB_MODE says so or there is no API key."""
     import wandb  # heavy, optional: only imported here
+
+    from speech_ed.wandb_mode import wandb_mode
 
     group = group or f"padding-report-{time.strftime('%Y%m%d-%H%M%S')}"
     for r in reports:
         run = wandb.init(project=project, group=group, name=r["strategy"], job_type="padding-report",
-                         config={**meta, "strategy": r["strategy"]})
+                         config={**meta, "strategy": r["strategy"]}, mode=wandb_mode(), reinit="create_new",
+                         dir=wandb_dir or os.environ.get("WANDB_DIR"))  # read now: wandb caches its setup
         summary = {k: v for k, v in summarise(r).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         run.log({**summary, "batch_size": wandb.Histogram(r["batch_sizes"])})
@@ -185,6 +191,6 @@ def main(args) -> int:
     if args.plot:
         plot_reports(reports, args.plot)
     if args.wandb:
-        group = log_wandb(reports, meta, args.wandb_project, args.wandb_group)
+        group = log_wandb(reports, meta, args.wandb_project, args.wandb_group, args.wandb_dir)
         print(f"padding-report: logged {len(reports)} runs to W&B group {group}")
     return 0

@@ -1,12 +1,19 @@
 """LightningDataModule over Lhotse cut manifests and speech_ed's bucketing samplers.
 
-Cuts that cannot train (no supervision, empty transcript, unknown language, too short or too long) are removed
-before sampling by :class:`CountingFilter`, which counts each reason; audio that fails to load is counted by
-the dataset. Both counts reach the training log and ``train_stats.json``.
+Cuts that cannot train (no supervision, empty transcript, unknown language or task, too short or too long) are
+removed before sampling by :class:`CountingFilter`, which counts each reason; audio that fails to load is
+counted by the dataset. Both counts reach the training log and ``train_stats.json``.
+
+Resume: Lightning stores :meth:`AEDDataModule.state_dict` in every checkpoint. It holds the training sampler's
+state after the last step that training consumed (counted in :meth:`AEDDataModule.on_before_batch_transfer`,
+so batches the DataLoader prefetched are handed out again, not lost) and the filter's counts. With
+``data.sampler`` 'bucket2d' or 'random' the next run continues with exactly the batches the interrupted run
+would have produced; lhotse's 'dynamic' sampler cannot, and restarts its epoch (with a warning).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +24,9 @@ from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 from speech_ed.config import ExperimentConfig
 from speech_ed.data.dataset import AEDDataset
 from speech_ed.data.prompt import count_decoder_tokens, cut_target
-from speech_ed.data.tokenizer import Tokenizer
+from speech_ed.data.tokenizer import TASKS, Tokenizer
+from speech_ed.sampling import BucketingSampler
+from speech_ed.sampling.stream import open_manifest
 
 
 class CountingFilter:
@@ -41,6 +50,8 @@ class CountingFilter:
             return "empty_transcript"
         if not (self.tokenizer.has_language(target.source_lang) and self.tokenizer.has_language(target.target_lang)):
             return "unknown_language"
+        if target.task not in TASKS:
+            return "unknown_task"
         return None
 
     def __call__(self, cut) -> bool:
@@ -77,6 +88,9 @@ class AEDDataModule(L.LightningDataModule):
         self.train_filter = CountingFilter(tokenizer, d.min_duration_s, d.max_utterance_s, cfg.tokenizer.pnc)
         self.dataset = AEDDataset(tokenizer, pnc=cfg.tokenizer.pnc, sample_rate=cfg.model.sample_rate)
         self.sampler = None
+        self._consumed = 0  # training steps of the current sampler epoch that reached the model
+        self._sampler_epoch = None
+        self._restored: dict | None = None
 
     def num_tokens(self, cut) -> int:
         return count_decoder_tokens(cut, self.tokenizer, self.cfg.tokenizer.pnc)
@@ -90,7 +104,7 @@ class AEDDataModule(L.LightningDataModule):
                                            quadratic_duration=d.quadratic_duration_s, shuffle=d.shuffle,
                                            buffer_size=d.buffer_size, seed=d.seed, world_size=world_size,
                                            rank=rank, drop_last=False)
-        from speech_ed.sampling import BucketingSampler, load_bucket_batch_sizes, load_bucket_bins
+        from speech_ed.sampling import load_bucket_batch_sizes, load_bucket_bins
 
         bins = load_bucket_bins(d.bucket_bins) if d.bucket_bins else None
         batch_sizes = load_bucket_batch_sizes(d.bucket_batch_sizes, bins) if d.bucket_batch_sizes else None
@@ -101,16 +115,52 @@ class AEDDataModule(L.LightningDataModule):
                                 rank=rank, sortagrad=d.sortagrad, strict=d.strict_2d)
 
     def train_dataloader(self):
-        cuts = CutSet.from_file(manifest_path(self.cfg, "train")).filter(self.train_filter)
+        cuts = open_manifest(manifest_path(self.cfg, "train"))
+        if self.cfg.data.sampler == "dynamic":
+            cuts = cuts.filter(self.train_filter)
         self.sampler = self.build_train_sampler(cuts)
+        if self.cfg.data.sampler != "dynamic":
+            self.sampler.filter(self.train_filter)  # counted by the sampler too (dropped_filtered)
+        self._consumed, self._sampler_epoch = 0, None
+        restored, self._restored = self._restored, None
+        if restored is not None:
+            if restored.get("sampler") is not None and self.cfg.data.sampler != "dynamic":
+                self.sampler.load_state_dict(restored["sampler"])
+                self._consumed, self._sampler_epoch = self.sampler.steps_done, self.sampler.epoch
+            elif self.cfg.data.sampler == "dynamic":
+                warnings.warn("data.sampler=dynamic (lhotse) cannot resume mid-epoch: the interrupted epoch "
+                              "starts again from its beginning; use bucket2d or random for an exact resume")
         return torch.utils.data.DataLoader(self.dataset, sampler=self.sampler, batch_size=None,
                                            num_workers=self.cfg.data.num_workers,
                                            persistent_workers=self.cfg.data.num_workers > 0)
 
     def val_dataloader(self):
-        cuts = CutSet.from_file(manifest_path(self.cfg, "dev"))
+        cuts = open_manifest(manifest_path(self.cfg, "dev"))
         sampler = DynamicCutSampler(cuts, max_duration=self.cfg.data.max_duration_s, shuffle=False, drop_last=False)
         return torch.utils.data.DataLoader(self.dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Count the training steps that reach the model (called by Lightning for each one, in order)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self.sampler is not None:
+            epoch = getattr(self.sampler, "epoch", None)
+            if epoch != self._sampler_epoch:  # a new epoch of the sampler began
+                self._sampler_epoch, self._consumed = epoch, 0
+            self._consumed += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        """Sampler state after the last consumed step, and the filter's rejected cut ids (for the counts)."""
+        sampler_state = None
+        if isinstance(self.sampler, BucketingSampler):
+            sampler_state = self.sampler.state_dict(consumed=self._consumed)
+        return {"sampler": sampler_state,
+                "filter_rejected": {k: sorted(v) for k, v in self.train_filter.rejected.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Called by Lightning before ``train_dataloader``; the sampler state is applied when it is built."""
+        self.train_filter.rejected = {k: set(v) for k, v in state_dict.get("filter_rejected", {}).items()}
+        self._restored = state_dict
 
     def skip_counts(self) -> dict:
         """Distinct cuts the training filter removed so far, by reason."""

@@ -1,9 +1,11 @@
 """Map-style dataset over Lhotse cuts: the sampler hands it a CutSet, it returns one collated batch.
 
 Audio is read with soundfile (through Lhotse) in DataLoader worker processes; features are computed inside the
-model. A cut whose audio is missing or unreadable, whose transcript is empty, or whose language has no prompt
-token is skipped and counted in ``batch["skipped"]`` (reason -> count); the training loop adds the counts up and
-reports them. Nothing is dropped silently.
+model. A cut whose audio is missing, unreadable, empty or not finite, whose transcript is empty, whose
+language has no prompt token, or whose task is neither transcribe nor translate, is skipped and counted in
+``batch["skipped"]`` (reason -> count); the training loop adds the counts up and reports them. Characters the
+tokenizer does not know become ``<unk>`` and are counted in ``batch["unk_pieces"]``. Audio at another sample
+rate is resampled, not rejected. Nothing is dropped silently.
 
 Batch layout (B cuts that survived, S samples, U decoder tokens, N text tokens)::
 
@@ -11,6 +13,7 @@ Batch layout (B cuts that survived, S samples, U decoder tokens, N text tokens):
     tokens       (B, U) int64, pad id 0             token_lens  (B,) int64
     ctc_targets  (B, N) int64, text pieces only     ctc_target_lens (B,) int64
     cut_ids, languages, texts: list[str]            skipped: dict[str, int]; unk_pieces: int
+    bucket: the sampler's bucket index of the batch (None for other samplers, -1 for mixed end-of-epoch batches)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 from speech_ed.data.prompt import PROMPT_LEN, cut_target, decoder_sequence
-from speech_ed.data.tokenizer import Tokenizer
+from speech_ed.data.tokenizer import TASKS, Tokenizer
 
 IGNORE_INDEX = -100
 
@@ -32,7 +35,7 @@ class AEDDataset(torch.utils.data.Dataset):
     Args:
         tokenizer: the run's tokenizer.
         pnc: punctuation-and-casing targets (else normalised text).
-        sample_rate: audio is resampled to it when a recording differs (Lhotse does the resampling).
+        sample_rate: audio at another rate is resampled to it (Lhotse's resampler), never rejected.
     """
 
     def __init__(self, tokenizer: Tokenizer, pnc: bool = False, sample_rate: int = 16000):
@@ -57,6 +60,9 @@ class AEDDataset(torch.utils.data.Dataset):
                     and self.tokenizer.has_language(target.target_lang)):
                 skipped["unknown_language"] += 1
                 continue
+            if target.task not in TASKS:
+                skipped["unknown_task"] += 1
+                continue
             try:
                 if cut.sampling_rate != self.sample_rate:
                     cut = cut.resample(self.sample_rate)
@@ -80,7 +86,8 @@ class AEDDataset(torch.utils.data.Dataset):
             ids.append(cut.id)
             langs.append(target.source_lang)
         batch = collate(waves, seqs)
-        batch.update(cut_ids=ids, languages=langs, texts=texts, skipped=dict(+skipped), unk_pieces=unk_pieces)
+        batch.update(cut_ids=ids, languages=langs, texts=texts, skipped=dict(+skipped), unk_pieces=unk_pieces,
+                     bucket=getattr(cuts, "bucket", None))
         return batch
 
 

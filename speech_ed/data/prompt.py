@@ -42,15 +42,22 @@ def cut_target(cut, pnc: bool = False) -> Target:
     if not cut.supervisions:
         raise ValueError(f"cut {cut.id} has no supervision")
     sup = cut.supervisions[0]
-    custom = sup.custom or {}
+    return target_of(cut.id, sup.text, sup.language, sup.custom, pnc)
+
+
+def target_of(cut_id: str, text: str | None, language: str | None, custom: dict | None,
+              pnc: bool = False) -> Target:
+    """:func:`cut_target` on a supervision's fields (also used on raw manifest JSON, which skips building
+    Lhotse objects when only lengths are needed)."""
+    custom = custom or {}
     task = custom.get("task", "transcribe")
-    src = sup.language or ""
+    src = language or ""
     if task == "translate":
         if "translation" not in custom or "target_language" not in custom:
-            raise ValueError(f"cut {cut.id}: task 'translate' needs custom 'translation' and 'target_language'")
+            raise ValueError(f"cut {cut_id}: task 'translate' needs custom 'translation' and 'target_language'")
         text, tgt = custom["translation"], custom["target_language"]
     else:
-        text, tgt = sup.text or "", src
+        text, tgt = text or "", src
     return Target(text=text if pnc else normalize_text(text), source_lang=src, target_lang=tgt, task=task)
 
 
@@ -69,7 +76,15 @@ def decoder_sequence(tokenizer: Tokenizer, target: Target, pnc: bool = False) ->
 
 def count_decoder_tokens(cut, tokenizer: Tokenizer, pnc: bool = False) -> int:
     """Length U of the cut's decoder sequence: prompt (5) + text pieces + end-of-text (1)."""
-    return PROMPT_LEN + len(tokenizer.encode(cut_target(cut, pnc).text)) + 1
+    return count_target_tokens([cut_target(cut, pnc)], tokenizer)[0]
+
+
+def count_target_tokens(targets: list[Target], tokenizer: Tokenizer) -> list[int]:
+    """Decoder-sequence lengths of many targets at once (one batched SentencePiece call).
+
+    The only place the formula lives: :func:`count_decoder_tokens` calls it with one target.
+    """
+    return [PROMPT_LEN + len(pieces) + 1 for pieces in tokenizer.encode_batch([t.text for t in targets])]
 
 
 def describe_prompt_format(pnc: bool = False) -> dict:

@@ -15,8 +15,19 @@ _APOSTROPHES = re.compile(r"[\u2019\u2018`\u00b4]")
 _SPACES = re.compile(r"\s+")
 
 
+# ASCII fast path (the same rules): punctuation and symbols -> space, backtick -> apostrophe, lower-case.
+_ASCII_TABLE = {c: (chr(c).lower() if chr(c).isalnum() or chr(c).isspace() else "'" if chr(c) in "'`" else " ")
+                for c in range(128)}
+_LONE_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")
+
+
 def normalize_text(text: str) -> str:
     """Lower-case, punctuation-free form of ``text`` (see the module docstring for the exact rules)."""
+    if text.isascii():
+        text = text.translate(_ASCII_TABLE)
+        if "'" in text:
+            text = _LONE_APOSTROPHE.sub(" ", text)
+        return " ".join(text.split())
     text = unicodedata.normalize("NFC", text)
     text = _APOSTROPHES.sub("'", text).lower()
     text = _DASHES.sub(" ", text)

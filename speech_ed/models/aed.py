@@ -30,6 +30,7 @@ def check_dims(dims: ModelDims) -> None:
         ("attention_impl", dims.attention_impl in ("matmul", "sdpa", "auto"), "must be matmul, sdpa or auto"),
         ("conv_kernel_size", dims.conv_kernel_size % 2 == 1, "must be odd"),
         ("dropout", 0.0 <= dims.dropout < 1.0, "must be in [0, 1)"),
+        ("subsampling_init_scale", dims.subsampling_init_scale > 0, "must be > 0"),
     ]
     for name, ok, why in checks:
         if not ok:
@@ -60,7 +61,7 @@ class AEDModel(nn.Module):
         )
         self.subsampling = ConvSubsampling(
             dims.subsampling, dims.subsampling_factor, dims.n_mels, dims.subsampling_channels,
-            dims.encoder_dim,
+            dims.encoder_dim, dims.subsampling_init_scale,
         )
         self.encoder = ConformerEncoder(dims)
         widths_differ = dims.encoder_dim != dims.decoder_dim

@@ -20,6 +20,11 @@ class ModelDims:
     """Time reduction of the convolutional subsampler (4 or 8)."""
     subsampling_channels: int = 64
     """Channels of the subsampler's convolutions (64 is 'thin': cheap on CPU; Canary uses 256)."""
+    subsampling_init_scale: float = 4.0
+    """Multiplier on the initial weight and bias of the subsampler's output Linear. With PyTorch's default
+    init the subsampled frames (x sqrt(D)) have about half the positional encoding's std, and the small model
+    stayed on the CTC blank plateau for some seeds; 4 (acoustics about twice the positions) left it within ~350
+    steps for every seed measured (docs/BENCHMARKS.md, section 1). 1 keeps the default init."""
     subsampling: str = "conv2d"
     """'conv2d' (plain strided 3x3 convs) or 'dw_striding' (FastConformer depthwise-separable)."""
     encoder_dim: int = 192

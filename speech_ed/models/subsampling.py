@@ -35,9 +35,11 @@ class ConvSubsampling(nn.Module):
         in_features: F, mel bins.
         channels: conv channels.
         out_dim: D, model width.
+        init_scale: multiplier on the output Linear's initial weights (ModelDims.subsampling_init_scale).
     """
 
-    def __init__(self, kind: str, factor: int, in_features: int, channels: int, out_dim: int):
+    def __init__(self, kind: str, factor: int, in_features: int, channels: int, out_dim: int,
+                 init_scale: float = 1.0):
         super().__init__()
         if factor not in (4, 8):
             raise ValueError(f"subsampling_factor must be 4 or 8, got {factor}")
@@ -61,6 +63,9 @@ class ConvSubsampling(nn.Module):
         for _ in range(stages):
             freq = (freq - 1) // 2 + 1
         self.out = nn.Linear(channels * freq, out_dim)
+        with torch.no_grad():  # see ModelDims.subsampling_init_scale
+            self.out.weight.mul_(init_scale)
+            self.out.bias.mul_(init_scale)
         # channels_last weights and activations: oneDNN's CPU convolutions run 2-5x faster than on NCHW.
         self.stages.to(memory_format=torch.channels_last)
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from speech_ed.sampling.assignment import PROMOTED, STATUS_NAMES
 from speech_ed.sampling.constraints import DurationBudget, FixedBatchSizes
@@ -78,6 +78,7 @@ class EpochPlanner:
         distinct = sorted(set(self.upper))
         self._group_of = [distinct.index(u) for u in self.upper]
         self.stats: Counter = Counter()
+        self._tail: Optional[list[Step]] = None
 
     def min_buffer_size(self) -> int:
         """Items needed to make every bounded bucket ready at once (a smaller buffer forces partial steps)."""
@@ -94,54 +95,119 @@ class EpochPlanner:
             rng: generator shared by all ranks (bucket choice and in-bucket draws).
             shortest_first: always draw from the lowest ready bucket (sortagrad's first epoch).
         """
-        self.stats = stats = Counter()
-        W, K = self.world_size, self.num_buckets
-        buckets: list[list[Item]] = [[] for _ in range(K)]
-        longest = [0.0] * K
-        need = [W * self.policy.ready_size(b, u) for b, u in enumerate(self.upper)]
-        unbounded = [u == float("inf") for u in self.upper]
-        ready: set[int] = set()
+        self.start(rng, shortest_first)
         source = iter(items)
-        buffered = 0
-        exhausted = False
-        while True:
-            while buffered < self.buffer_size and not exhausted:
-                try:
-                    key, duration, tokens, b, status = next(source)
-                except StopIteration:
-                    exhausted = True
-                    break
-                stats["cuts_seen"] += 1
-                if b < 0:
-                    stats["dropped_" + STATUS_NAMES[status]] += 1
-                    continue
-                if status == PROMOTED:
-                    stats["promoted"] += 1
-                buckets[b].append((key, duration, tokens, b))
-                buffered += 1
-                if unbounded[b] and duration > longest[b]:
-                    longest[b] = duration
-                    need[b] = W * self.policy.ready_size(b, duration)
-                    if len(buckets[b]) < need[b]:
-                        ready.discard(b)
-                if len(buckets[b]) >= need[b]:
-                    ready.add(b)
-            if ready:
-                b = self._choose(ready, buckets, need, rng, shortest_first)
-                batches = [self._draw(buckets[b], b, rng) for _ in range(W)]
-                buffered -= sum(len(x) for x in batches)
-            elif not exhausted and buffered:
-                b = max(range(K), key=lambda i: (len(buckets[i]) / need[i], -i))
-                batches = [self._draw(buckets[b], b, rng) for _ in range(W)]
-                buffered -= sum(len(x) for x in batches)
-                batches = self._split_to_world(batches)
-                stats["forced_steps"] += 1
-            else:
+        while (step := self.next_step(source)) is not None:
+            yield step
+
+    def start(self, rng: random.Random, shortest_first: bool = False) -> None:
+        """Begin an epoch: empty buckets, fresh counters; ``next_step`` then pulls items one at a time."""
+        self.stats = Counter()
+        self._rng, self._shortest_first = rng, shortest_first
+        W, K = self.world_size, self.num_buckets
+        self._buckets: list[list[Item]] = [[] for _ in range(K)]
+        self._longest = [0.0] * K
+        self._need = [W * self.policy.ready_size(b, u) for b, u in enumerate(self.upper)]
+        self._ready: set[int] = set()
+        self._buffered = 0
+        self._exhausted = False
+        self._tail: Optional[list[Step]] = None  # end-of-epoch steps, planned once the stream has ended
+
+    def next_step(self, source: Iterator[tuple]) -> Optional[Step]:
+        """The epoch's next step, pulling from ``source`` only as far as the buffer needs; None at the end.
+
+        Everything the epoch depends on lives in attributes (not in a generator frame), so
+        :meth:`state_dict` can capture it between any two steps.
+        """
+        if self._tail is not None:
+            return self._next_tail_step()
+        stats, W, K = self.stats, self.world_size, self.num_buckets
+        buckets, longest, need, ready = self._buckets, self._longest, self._need, self._ready
+        unbounded = [u == float("inf") for u in self.upper]
+        while self._buffered < self.buffer_size and not self._exhausted:
+            try:
+                key, duration, tokens, b, status = next(source)
+            except StopIteration:
+                self._exhausted = True
                 break
-            if len(buckets[b]) < need[b]:
-                ready.discard(b)
-            yield self._count(Step(b, batches))
-        yield from self._tail([it for bucket in buckets for it in bucket], rng, shortest_first)
+            stats["cuts_seen"] += 1
+            if b < 0:
+                stats["dropped_" + STATUS_NAMES[status]] += 1
+                continue
+            if status == PROMOTED:
+                stats["promoted"] += 1
+            buckets[b].append((key, duration, tokens, b))
+            self._buffered += 1
+            if unbounded[b] and duration > longest[b]:
+                longest[b] = duration
+                need[b] = W * self.policy.ready_size(b, duration)
+                if len(buckets[b]) < need[b]:
+                    ready.discard(b)
+            if len(buckets[b]) >= need[b]:
+                ready.add(b)
+        rng = self._rng
+        if ready:
+            b = self._choose(ready, buckets, need, rng, self._shortest_first)
+            batches = [self._draw(buckets[b], b, rng) for _ in range(W)]
+            self._buffered -= sum(len(x) for x in batches)
+        elif not self._exhausted and self._buffered:
+            b = max(range(K), key=lambda i: (len(buckets[i]) / need[i], -i))
+            batches = [self._draw(buckets[b], b, rng) for _ in range(W)]
+            self._buffered -= sum(len(x) for x in batches)
+            batches = self._split_to_world(batches)
+            stats["forced_steps"] += 1
+        else:
+            leftovers = [it for bucket in buckets for it in bucket]
+            for bucket in buckets:
+                bucket.clear()
+            self._buffered = 0
+            self._tail = self._plan_tail(leftovers, rng, self._shortest_first)
+            return self._next_tail_step()
+        if len(buckets[b]) < need[b]:
+            ready.discard(b)
+        return self._count(Step(b, batches))
+
+    @property
+    def finished(self) -> bool:
+        """The stream has ended and every step of the epoch has been handed out."""
+        return self._tail is not None and not self._tail
+
+    def state_dict(self, encode: Callable[[Any], Any] = lambda key: key) -> dict[str, Any]:
+        """Everything :meth:`next_step` needs to continue the epoch, with keys passed through ``encode``.
+
+        Its size is bounded by ``buffer_size`` items (plus the planned tail), whatever the position.
+        """
+        def items(seq):
+            return [[encode(it[0]), it[1], it[2], it[3]] for it in seq]
+
+        version, internal, gauss = self._rng.getstate()
+        return {"stats": dict(self.stats), "rng": [version, list(internal), gauss],
+                "shortest_first": self._shortest_first, "buckets": [items(b) for b in self._buckets],
+                "longest": list(self._longest), "need": list(self._need), "ready": sorted(self._ready),
+                "exhausted": self._exhausted,
+                "tail": None if self._tail is None else [[s.bucket, [items(b) for b in s.batches]]
+                                                         for s in self._tail]}
+
+    def load_state_dict(self, state: dict[str, Any], decode: Callable[[Any], Any] = lambda key: key) -> None:
+        """Continue an epoch captured by :meth:`state_dict` (``decode`` inverts its ``encode``)."""
+        def items(seq):
+            return [(decode(k), d, t, b) for k, d, t, b in seq]
+
+        version, internal, gauss = state["rng"]
+        rng = random.Random()
+        rng.setstate((version, tuple(internal), gauss))
+        self.start(rng, state["shortest_first"])
+        self.stats.update(state["stats"])
+        self._buckets = [items(b) for b in state["buckets"]]
+        if len(self._buckets) != self.num_buckets:
+            raise ValueError(f"sampler state has {len(self._buckets)} buckets, the bins have {self.num_buckets}; "
+                             "resume with the bucket_bins.yaml the run started with")
+        self._longest, self._need = list(state["longest"]), list(state["need"])
+        self._ready = set(state["ready"])
+        self._buffered = sum(len(b) for b in self._buckets)
+        self._exhausted = state["exhausted"]
+        if state["tail"] is not None:
+            self._tail = [Step(b, [items(x) for x in batches]) for b, batches in state["tail"]]
 
     def _choose(self, ready: set[int], buckets, need, rng: random.Random, shortest_first: bool) -> int:
         if shortest_first:
@@ -189,12 +255,12 @@ class EpochPlanner:
                 self.stats["duplicated"] += 1
         return batches
 
-    def _tail(self, leftovers: list[Item], rng: random.Random, shortest_first: bool) -> Iterator[Step]:
+    def _plan_tail(self, leftovers: list[Item], rng: random.Random, shortest_first: bool) -> list[Step]:
         if not leftovers:
-            return
+            return []
         if self.drop_last:
             self.stats["dropped_drop_last"] += len(leftovers)
-            return
+            return []
         if self.sort_tail:
             # Snake order: tokens rise in one duration group and fall in the next, so neighbours across a
             # group boundary have similar token counts too.
@@ -208,9 +274,16 @@ class EpochPlanner:
         groups = [packed[i:i + W] for i in range(0, len(packed), W)]
         if not shortest_first:
             rng.shuffle(groups)
-        for group in groups:
-            self.stats["tail_steps"] += 1
-            yield self._count(Step(-1, group if len(group) == W else self._split_to_world(group)))
+        return [Step(-1, group) for group in groups]
+
+    def _next_tail_step(self) -> Optional[Step]:
+        if not self._tail:
+            return None
+        step = self._tail.pop(0)
+        if len(step.batches) != self.world_size:
+            step = Step(-1, self._split_to_world(step.batches))
+        self.stats["tail_steps"] += 1
+        return self._count(step)
 
     def _pack_greedy(self, seq: list[Item]) -> list[list[Item]]:
         packed: list[list[Item]] = []

@@ -7,22 +7,29 @@ Usage::
 Writes under ``exp/<recipe>/<run>/``: ``config.resolved.yaml``, ``checkpoints/`` (Lightning, resumable),
 ``logs/`` (CSV or W&B), ``model.pt`` (dims + weights + tokenizer, for evaluation and transcription) and
 ``train_stats.json`` (steps, wall time, throughput, every skip count).
+
+Resume (``trainer.resume_from``): 'last' (default) continues from ``checkpoints/last.ckpt`` when it exists, so
+re-running the same command after a crash or preemption continues exactly where the checkpoint was taken (the
+sampler state is in the checkpoint); a path continues from that file; null starts afresh. Checkpoints are
+written to a temporary file, flushed and renamed, so a kill mid-write never leaves a truncated ``last.ckpt``;
+a checkpoint that cannot be read is refused with its path, never silently replaced by a fresh start.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from speech_ed.atomic import atomic_write_json
-from speech_ed.config import ExperimentConfig, config_to_yaml, save_config
+from speech_ed.atomic import atomic_write_binary, atomic_write_json
+from speech_ed.config import ConfigError, ExperimentConfig, config_to_yaml, save_config
 from speech_ed.data.datamodule import AEDDataModule
 from speech_ed.data.tokenizer import Tokenizer
 from speech_ed.models.checkpoint import save_model_file
@@ -34,23 +41,70 @@ def tokenizer_path(cfg: ExperimentConfig) -> Path:
     return Path(cfg.tokenizer.path) if cfg.tokenizer.path else cfg.run_dir / "tokenizer" / "tokenizer.model"
 
 
+def progress_bar(every_n_steps: int):
+    """Lightning's bar, redrawn every step on a terminal but only every ``every_n_steps`` steps in a log file
+    (a bar per step makes a 12-minute run's log tens of thousands of lines)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    return TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else max(1, every_n_steps))
+
+
 def build_logger(cfg: ExperimentConfig, run_dir: Path):
     if cfg.trainer.logger == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
+        from speech_ed.wandb_mode import wandb_offline
+
         # Without an API key the run is written offline and can be synced later with `wandb sync`.
-        offline = os.environ.get("WANDB_MODE") == "offline" or not (
-            os.environ.get("WANDB_API_KEY") or Path.home().joinpath(".netrc").is_file())
         return WandbLogger(project=cfg.trainer.wandb_project, name=f"{cfg.recipe}/{cfg.run}", save_dir=str(run_dir),
-                           offline=offline, config=dataclasses.asdict(cfg))
+                           offline=wandb_offline(), config=dataclasses.asdict(cfg), group=f"{cfg.recipe}/{cfg.run}")
     from lightning.pytorch.loggers import CSVLogger
 
     return CSVLogger(str(run_dir), name="logs", version="")
 
 
-def train(cfg: ExperimentConfig) -> Path:
-    """Train (resuming from ``checkpoints/last.ckpt`` when present) and export ``model.pt``; returns its path."""
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written atomically in their own folder, and a clear error for an unreadable one.
+
+    Lightning's own save goes through an fsspec transaction whose temporary file lives in the system temporary
+    folder; when that is another filesystem the final step is a copy, which a kill can leave truncated.
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        atomic_write_binary(path, lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except Exception as e:
+            raise RuntimeError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); it was not "
+                               "used. Resume from another checkpoint (trainer.resume_from=PATH) or start afresh "
+                               "(trainer.resume_from=null)") from e
+
+
+def resume_checkpoint(cfg: ExperimentConfig) -> Path | None:
+    """The checkpoint ``trainer.resume_from`` asks for, or None for a fresh start."""
+    resume = cfg.trainer.resume_from
+    if resume in (None, ""):
+        return None
+    if resume == "last":
+        last = cfg.run_dir / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume_from: {path} does not exist; give a checkpoint file, 'last' or null")
+    return path
+
+
+def train(cfg: ExperimentConfig, callbacks: tuple = ()) -> Path:
+    """Train (resuming as ``trainer.resume_from`` says) and export ``model.pt``; returns its path.
+
+    Args:
+        cfg: the resolved config.
+        callbacks: extra Lightning callbacks (tests use them to record batches or to inject faults).
+    """
     run_dir = cfg.run_dir
+    ckpt_path = resume_checkpoint(cfg)
     save_config(cfg, run_dir / "config.resolved.yaml")
     print(config_to_yaml(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -66,11 +120,15 @@ def train(cfg: ExperimentConfig) -> Path:
                                 dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
     datamodule = AEDDataModule(cfg, tokenizer)
     module = AEDLightningModule(dataclasses.asdict(cfg), tokenizer.vocab_size)
+    if ckpt_path is not None:
+        print(f"resuming from {ckpt_path}")
     n_params = sum(p.numel() for p in module.model.parameters())
     print(f"model: {n_params / 1e6:.2f} M parameters, vocabulary {tokenizer.vocab_size}")
 
     t = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
+    for stale in ckpt_dir.glob(".*.tmp"):  # left by a kill mid-write; never read
+        stale.unlink(missing_ok=True)
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=t.checkpoint_every_n_steps,
                                  save_last=True, save_top_k=0)
     validate = t.val_every_n_steps > 0
@@ -79,17 +137,18 @@ def train(cfg: ExperimentConfig) -> Path:
         max_time={"minutes": t.max_time_min} if t.max_time_min else None,
         precision=t.precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, logger=build_logger(cfg, run_dir),
-        callbacks=[ThroughputLogger(cfg.model.sample_rate), checkpoint],
+        callbacks=[ThroughputLogger(cfg.model.sample_rate), checkpoint, progress_bar(t.log_every_n_steps),
+                   *callbacks],
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=cfg.optim.grad_clip or None,
         val_check_interval=t.val_every_n_steps if validate else None, check_val_every_n_epoch=None,
         limit_val_batches=None if validate else 0, num_sanity_val_steps=0,
         use_distributed_sampler=False,  # our samplers shard by rank themselves
         enable_model_summary=False, default_root_dir=str(run_dir),
     )
-    last = ckpt_dir / "last.ckpt"
     t0 = time.monotonic()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except torch.OutOfMemoryError as e:
         from speech_ed.oomptimizer import out_of_memory_advice
 
@@ -110,7 +169,7 @@ def train(cfg: ExperimentConfig) -> Path:
                  "audio_seconds_per_second": round(throughput.audio_seconds / max(wall_s, 1e-9), 2),
                  "skipped_before_sampling": datamodule.skip_counts(),
                  "skipped_at_loading": dict(module.skipped), "unknown_pieces": module.unk_pieces,
-                 "non_finite_steps": module.non_finite_steps,
+                 "non_finite_steps": module.non_finite_steps, "empty_batches": module.empty_batches,
                  "sampler_stats": dict(getattr(datamodule.sampler, "stats", {}) or {})}
         atomic_write_json(run_dir / "train_stats.json", stats)
         print("training done:", json.dumps(stats))

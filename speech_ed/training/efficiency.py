@@ -1,0 +1,205 @@
+"""The training-efficiency study: one preset, one seed, one memory budget, three ways to batch.
+
+Usage::
+
+    study = run_study(["recipes/espeak_multilingual/config.yaml"], ["run=cal1"],
+                      StudySettings(strategies=["random", "1d", "2d-oomptimizer"], minutes=10, memory_gib=1.5))
+
+Strategies (each trains from scratch into ``<run>/efficiency/<strategy>/``, reusing the run's manifests,
+tokenizer and bins):
+
+* ``random``: no bucketing (speech_ed's sampler, strategy 'random') with the largest padding-aware
+  ``max_duration_s`` that is safe under the budget;
+* ``1d``: Lhotse's ``DynamicBucketingSampler`` (``data.sampler=dynamic``, ``data.num_buckets`` duration
+  buckets) with a quadratic duration penalty and the largest safe ``max_duration_s``;
+* ``2d-oomptimizer``: speech_ed's 2D bucketing on the run's bins with per-bucket batch sizes from the
+  OOMptimizer.
+
+The safe settings come from :mod:`speech_ed.training.budgets`. During training :class:`DevCurve` evaluates a
+fixed dev subset every ``eval_every_s`` seconds of training time, and that time is left out of the training
+clock, the schedule and the time limit. The first epoch is not shortest-first (``data.sortagrad=false``) unless
+an override asks for it, so every strategy sees the data in random order. After training, the largest batches
+each run formed are measured with the same probe. Results go to ``<run>/efficiency/efficiency.json`` and, with
+the report, to ``<report_dir>/`` (:mod:`speech_ed.evaluation.efficiency_report`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from speech_ed.atomic import atomic_write_json
+from speech_ed.config import ConfigError, ExperimentConfig, load_config
+from speech_ed.training.budgets import MemorySettings, find_safe_budgets, measure_batches, prepared_run
+
+STRATEGIES = ("random", "1d", "2d-oomptimizer")
+NEVER = 1_000_000_000  # "no limit" for trainer.max_steps and checkpointing
+
+
+@dataclass
+class StudySettings:
+    """What the study varies and measures (the experiment itself is the config)."""
+
+    strategies: list[str] = field(default_factory=lambda: list(STRATEGIES))
+    minutes: float | None = None
+    """Training wall time per strategy (evaluations not counted)."""
+    steps: int | None = None
+    """Training steps per strategy (with ``minutes``: whichever comes first)."""
+    memory: MemorySettings = field(default_factory=MemorySettings)
+    quadratic_duration_s: float | None = 15.0
+    """Penalty of the 1D baseline, ``d + d^2 / q`` (None: no penalty)."""
+    dev_cuts: int = 100
+    eval_every_s: float = 60.0
+    report_dir: str = "docs"
+    force: bool = False
+    """Retrain strategies that already finished with the same settings."""
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        if unknown or not self.strategies:
+            raise ConfigError(f"--strategies: unknown {unknown or 'none given'}; choose from {list(STRATEGIES)}")
+        if self.minutes is None and self.steps is None:
+            raise ConfigError("give --minutes (training time per strategy) and/or --steps")
+        if self.minutes is not None and self.minutes <= 0 or self.steps is not None and self.steps < 1:
+            raise ConfigError("--minutes must be > 0 and --steps >= 1")
+        if self.quadratic_duration_s is not None and self.quadratic_duration_s <= 0:
+            raise ConfigError("--quadratic-duration-s must be > 0 (0 on the command line means none)")
+        if self.eval_every_s < 0 or self.dev_cuts < 0:
+            raise ConfigError("--eval-every-s and --dev-cuts must be >= 0")
+
+
+def strategy_overrides(name: str, base: ExperimentConfig, budgets: dict, settings: StudySettings) -> list[str]:
+    """``key=value`` overrides that turn the base config into one strategy's run."""
+    prepared = prepared_run(base)
+    longest = math.ceil(budgets["longest_utterance_s"] * 100) / 100
+    common = [f"run={base.run}/efficiency/{name}", "trainer.resume_from=null", "trainer.val_every_n_steps=0",
+              f"trainer.checkpoint_every_n_steps={NEVER}", f"trainer.max_steps={settings.steps or NEVER}",
+              f"trainer.max_time_min={settings.minutes if settings.minutes else 'null'}",
+              f"data.manifest_dir={prepared.manifest_dir}", f"tokenizer.path={prepared.tokenizer}",
+              # no cut the budgets were computed on is longer; lets the config check accept any budget above it
+              f"data.max_utterance_s={min(base.data.max_utterance_s, longest)}"]
+    if name == "random":
+        return common + ["data.sampler=random", f"data.max_duration_s={budgets['random']['max_duration_s']}",
+                         "data.quadratic_duration_s=null", "data.bucket_bins=''", "data.bucket_batch_sizes=''"]
+    if name == "1d":
+        q = settings.quadratic_duration_s
+        return common + ["data.sampler=dynamic", f"data.max_duration_s={budgets['1d']['max_duration_s']}",
+                         f"data.quadratic_duration_s={q if q else 'null'}", "data.bucket_bins=''",
+                         "data.bucket_batch_sizes=''"]
+    return common + ["data.sampler=bucket2d", f"data.bucket_bins={prepared.bins}",
+                     f"data.bucket_batch_sizes={budgets['2d-oomptimizer']['file']}", "data.quadratic_duration_s=null"]
+
+
+def batch_setting(name: str, budgets: dict) -> str:
+    """One line describing a strategy's batch size rule."""
+    if name == "random":
+        return f"max_duration_s {budgets['random']['max_duration_s']:g}"
+    if name == "1d":
+        q = budgets["1d"]["quadratic_duration_s"]
+        return f"max_duration_s {budgets['1d']['max_duration_s']:g}" + (f", quadratic {q:g}" if q else "")
+    sizes = budgets["2d-oomptimizer"]["batch_sizes"]
+    return f"{len(sizes)} buckets, batch sizes {min(sizes)}-{max(sizes)}"
+
+
+def run_strategy(cfg: ExperimentConfig, name: str, dev_cuts: list, tokenizer, settings: StudySettings,
+                 key: dict, log: Callable[[str], None]) -> dict:
+    """Train one strategy with a :class:`DevCurve` (or reuse a finished run with the same key)."""
+    from speech_ed.training.dev_curve import DevCurve
+    from speech_ed.training.train import train
+
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))  # as it reads back from the file
+    done = cfg.run_dir / "efficiency_run.json"
+    if done.is_file() and not settings.force:
+        previous = json.loads(done.read_text())
+        if previous.get("key") == key:
+            log(f"strategy {name}: reusing the finished run in {cfg.run_dir} (--force retrains it)")
+            return previous["result"]
+    for stale in ("checkpoints", "logs"):  # a fresh run of this strategy, not a continuation
+        shutil.rmtree(cfg.run_dir / stale, ignore_errors=True)
+    log(f"strategy {name}: training into {cfg.run_dir} (sampler {cfg.data.sampler})")
+    curve = DevCurve(dev_cuts, tokenizer, every_s=settings.eval_every_s, batch_size=cfg.eval.batch_size,
+                     max_len_ratio=cfg.eval.max_len_ratio, pnc=cfg.tokenizer.pnc, precision=cfg.trainer.precision,
+                     ctc_weight=cfg.loss.ctc_weight)
+    train(cfg, callbacks=(curve,))
+    result = curve.summary()
+    shapes = result.pop("largest_batches")
+    log(f"strategy {name}: measuring its {len(shapes)} largest batches with the probe")
+    result["largest_batches_measured"] = measure_batches(cfg, tokenizer.vocab_size, settings.memory, shapes)
+    last = curve.points[-1]
+    result.update({"final_dev_wer": last["dev_wer"], "final_dev_loss": last["dev_loss"],
+                   "curve": curve.points, "run_dir": str(cfg.run_dir), "sampler": cfg.data.sampler})
+    atomic_write_json(done, {"key": key, "result": result})
+    log(f"strategy {name}: {result['steps']} steps in {result['train_seconds']:.1f} s of training "
+        f"({result['eval_seconds']:.1f} s of evaluation not counted), mean batch {result['mean_batch_size']:.1f}, "
+        f"{result['audio_seconds_per_second']:.1f} audio s/s, final dev WER {result['final_dev_wer']}")
+    return result
+
+
+def resolve_probe(cfg: ExperimentConfig, probe: str) -> str:
+    """'auto' -> 'cuda' when training runs on a visible GPU, else 'cpu'."""
+    if probe != "auto":
+        return probe
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+
+
+def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettings, command: str = "",
+              log: Callable[[str], None] = lambda line: print(line, flush=True)) -> dict:
+    """Run every strategy and write ``efficiency.json`` and the report; returns the study.
+
+    Raises:
+        ConfigError: bad settings or config; FileNotFoundError: the run is not prepared.
+    """
+    from speech_ed.data.tokenizer import Tokenizer
+    from speech_ed.evaluation.efficiency_report import add_comparisons, write_report
+    from speech_ed.evaluation.sets import describe_device, inference_device
+    from speech_ed.training.dev_curve import load_dev_subset
+
+    settings.validate()
+    user = ["data.sortagrad=false", *overrides]
+    base = load_config(yaml_paths, user)
+    prepared = prepared_run(base)
+    prepared.check()
+    settings.memory.probe = resolve_probe(base, settings.memory.probe)
+    out_dir = base.run_dir / "efficiency"
+    log(f"efficiency study: {base.recipe}/{base.run}, preset {base.model_preset}, strategies "
+        f"{', '.join(settings.strategies)}, " + (f"{settings.minutes:g} min" if settings.minutes else "")
+        + (" / " if settings.minutes and settings.steps else "") + (f"{settings.steps} steps" if settings.steps else "")
+        + " of training each")
+    budgets = find_safe_budgets(base, prepared, settings.memory, out_dir, settings.quadratic_duration_s, log)
+    for name in settings.strategies:
+        log(f"budgets: {name}: {batch_setting(name, budgets)}")
+    tokenizer = Tokenizer.load(prepared.tokenizer)
+    dev_cuts = load_dev_subset(prepared.manifest_dir / "cuts_dev.jsonl.gz", settings.dev_cuts, base.seed)
+    log(f"dev subset: {len(dev_cuts)} utterances, evaluated every {settings.eval_every_s:g} s of training")
+    results, configs = {}, {}
+    for name in settings.strategies:
+        extra = strategy_overrides(name, base, budgets, settings)
+        cfg = configs[name] = load_config(yaml_paths, user + extra)
+        key = {"config": asdict(cfg), "dev": [c.id for c in dev_cuts], "eval_every_s": settings.eval_every_s,
+               "memory": asdict(settings.memory)}
+        results[name] = run_strategy(cfg, name, dev_cuts, tokenizer, settings, key, log)
+    device = inference_device(base)
+    study = {
+        "device": device, "device_name": describe_device(device), "recipe": base.recipe, "run": base.run,
+        "model_preset": base.model_preset, "precision": base.trainer.precision, "seed": base.seed,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
+        "settings": {"minutes": settings.minutes, "steps": settings.steps, "dev_cuts": len(dev_cuts),
+                     "eval_every_s": settings.eval_every_s, "quadratic_duration_s": settings.quadratic_duration_s,
+                     "sortagrad": base.data.sortagrad, "num_buckets_1d": base.data.num_buckets},
+        "memory": {k: budgets.get(k) for k in ("probe", "device", "memory_gib", "memory_fraction", "limit_gib",
+                                               "trials")},
+        "budgets": {name: budgets[name] for name in STRATEGIES},
+        "strategies": {name: {"batch_setting": batch_setting(name, budgets), **r} for name, r in results.items()},
+    }
+    add_comparisons(study)
+    atomic_write_json(out_dir / "efficiency.json", study)
+    paths = write_report(Path(settings.report_dir), study)
+    log("wrote " + ", ".join(str(p) for p in [out_dir / "efficiency.json", *paths]))
+    return study
