@@ -140,7 +140,7 @@ def main() -> int:
     ap.add_argument("--sub-buckets", type=int, default=2)
     ap.add_argument("--rel-gap", type=float, default=0.05)
     ap.add_argument("--quadratic", type=float, nargs="*", default=[15.0, 30.0])
-    ap.add_argument("--predict-bins", nargs="*", default=["30x5", "20x7"],
+    ap.add_argument("--predict-bins", nargs="*", default=["30x2", "30x5", "20x7"],
                     help="finer 2D bins whose sizes are only predicted by the memory model")
     args = ap.parse_args()
     out = ROOT / args.out

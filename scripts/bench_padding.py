@@ -5,6 +5,7 @@ Usage::
 
     flock /tmp/speech_ed_cpu.lock .venv/bin/python scripts/bench_padding.py --out exp/bench_padding
     ... --skip-1m          # only the LibriSpeech (and mix) tables
+    ... --only-1m          # only stage 4 (after one full run)
 
 Stages (each idempotent, artefacts under --out):
   1. import ../shared/data/librispeech/train-clean-100.tsv with ``speech-ed import-tsv``; train a 1024-piece
@@ -206,20 +207,26 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=35, help="replicas of train-clean-100 for the 1M stage")
     parser.add_argument("--skip-1m", action="store_true")
     parser.add_argument("--skip-mix", action="store_true")
+    parser.add_argument("--only-1m", action="store_true", help="only the 1M stage (needs stage 1's tokenizer)")
     args = parser.parse_args()
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": platform.platform(),
               "cpus": os.cpu_count(), "max_duration_s": args.max_duration_s}
 
+    if args.only_1m:
+        if not (out / "tokenizer_1024").is_dir():
+            raise SystemExit(f"--only-1m needs {out / 'tokenizer_1024'}: run once without it")
+        args.skip_mix = True
     log("Stage 1: LibriSpeech train-clean-100 cuts, tokenizer, lengths")
     ls_cuts = out / "ls100_cuts.jsonl.gz"
-    if not ls_cuts.is_file():
-        import_tsv(DATA / "librispeech" / "train-clean-100.tsv", ls_cuts, language="en")
-    tok = tokenizer_for([ls_cuts], out / "tokenizer_1024", ["en"])
-    ls = lengths_of([ls_cuts], tok, out / "lengths_ls100.npz")
-    log("Stage 2: LibriSpeech table")
-    result["librispeech"] = table(ls, args.max_duration_s, args.seeds, "LibriSpeech train-clean-100")
+    if not args.only_1m:
+        if not ls_cuts.is_file():
+            import_tsv(DATA / "librispeech" / "train-clean-100.tsv", ls_cuts, language="en")
+        tok = tokenizer_for([ls_cuts], out / "tokenizer_1024", ["en"])
+        ls = lengths_of([ls_cuts], tok, out / "lengths_ls100.npz")
+        log("Stage 2: LibriSpeech table")
+        result["librispeech"] = table(ls, args.max_duration_s, args.seeds, "LibriSpeech train-clean-100")
 
     if not args.skip_mix:
         log("Stage 3: mix of corpora")

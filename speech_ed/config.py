@@ -69,7 +69,9 @@ class DataConfig:
     """``bucket_batch_sizes.yaml`` from ``speech-ed oomptimize`` (optional, 'bucket2d' only)."""
     shuffle: bool = True
     sortagrad: bool = True
-    """First epoch runs shortest-first (helps the decoder align early)."""
+    """First epoch runs shortest-first (helps the decoder align early); with 2D bins that epoch batches by
+    duration group only (token-homogeneous 2D batches from the first step kept the model on the CTC blank
+    plateau), and 2D batches start with the second epoch."""
     buffer_size: int = 20000
     num_workers: int = 1
     """DataLoader worker processes reading audio (soundfile)."""

@@ -131,11 +131,16 @@ def _fingerprint(path: Path) -> str:
 
 def build_probe(cfg: ExperimentConfig, vocab_size: int, memory: MemorySettings):
     """The OOMptimizer probe for ``cfg``'s model and training step (the tokenizer's vocabulary)."""
-    from speech_ed.oomptimizer import StepSettings, make_probe
+    import torch
+
+    from speech_ed.oomptimizer import CudaProbe, StepSettings, make_probe
 
     dims = dataclasses.replace(cfg.model, vocab_size=vocab_size)
-    return make_probe(memory.probe, dims, StepSettings.from_config(cfg), memory.memory_gib,
-                      memory.memory_fraction), dims
+    settings = StepSettings.from_config(cfg)
+    if memory.probe == "cuda":  # an indexed device: set_per_process_memory_fraction refuses a bare "cuda"
+        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cuda"
+        return CudaProbe(dims, settings, memory.memory_fraction, memory.memory_gib, device=device), dims
+    return make_probe(memory.probe, dims, settings, memory.memory_gib, memory.memory_fraction), dims
 
 
 def find_safe_budgets(cfg: ExperimentConfig, prepared: PreparedRun, memory: MemorySettings, out_dir: Path,
@@ -211,8 +216,10 @@ def _search(cfg, memory: MemorySettings, tokenizer, prepared: PreparedRun, bins,
     d_random, k_random = safe_max_duration(intervals, interval_sizes, None)
     from speech_ed.oomptimizer.probes import GiB
 
+    limit_gib, probe_name, device_name = round(probe.limit_bytes / GiB, 4), probe.name, probe.device_name
+    release(probe)
     return {
-        "limit_gib": round(probe.limit_bytes / GiB, 4), "probe": probe.name, "device": probe.device_name,
+        "limit_gib": limit_gib, "probe": probe_name, "device": device_name,
         "memory_gib": memory.memory_gib, "memory_fraction": memory.memory_fraction,
         "longest_utterance_s": float(max(hi for _, hi, _ in intervals)),
         "intervals": [list(i) for i in intervals], "interval_batch_sizes": interval_sizes,
@@ -238,5 +245,17 @@ def measure_batches(cfg: ExperimentConfig, vocab_size: int, memory: MemorySettin
         r = probe.trial(int(n), float(dur), int(tok))
         out.append({"cuts": int(n), "longest_s": round(float(dur), 3), "decoder_tokens": int(tok),
                     "fits": bool(r.fits), "peak_gib": None if r.peak_bytes is None else round(r.peak_bytes / GiB, 4)})
-    del probe
+    release(probe)
     return out
+
+
+def release(probe) -> None:
+    """Free a probe's model and optimizer now (on a GPU, before training needs the memory)."""
+    import gc
+
+    import torch
+
+    probe.__dict__.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

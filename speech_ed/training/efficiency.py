@@ -183,7 +183,7 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
         extra = strategy_overrides(name, base, budgets, settings)
         cfg = configs[name] = load_config(yaml_paths, user + extra)
         key = {"config": asdict(cfg), "dev": [c.id for c in dev_cuts], "eval_every_s": settings.eval_every_s,
-               "memory": asdict(settings.memory)}
+               "memory": asdict(settings.memory), "budget": budgets[name]}
         results[name] = run_strategy(cfg, name, dev_cuts, tokenizer, settings, key, log)
     device = inference_device(base)
     study = {
