@@ -7,7 +7,7 @@ NODES ?= 1
 GPUS_PER_NODE ?= 8
 TIME ?= 24:00:00
 
-.PHONY: help install recipe test test-all lint clean-exp slurm fake-librispeech
+.PHONY: help install recipe test test-all lint clean-exp slurm fake-librispeech efficiency
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ slurm: install ## print RECIPE's SLURM training script (NODES=, GPUS_PER_NODE=, 
 
 fake-librispeech: install ## write a tiny LibriSpeech-layout corpus (espeak-ng speech) into DATA_DIR, for testing the recipe
 	$(SPEECH_ED) fake-librispeech --out $(DATA_DIR)
+
+efficiency: install ## random vs 1D vs 2D batching on a prepared RUN=, MINUTES= per strategy, MEMORY_GIB=, ARGS=; writes docs/EFFICIENCY.md
+	$(SPEECH_ED) efficiency-study --recipe $(RECIPE) --run $(RUN) --minutes $(MINUTES) --memory-gib $(MEMORY_GIB) $(ARGS)
 
 test: install ## run the quick test suite (CPU, a few minutes)
 	WANDB_MODE=offline $(VENV)/bin/pytest

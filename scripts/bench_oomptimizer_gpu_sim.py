@@ -246,7 +246,7 @@ def main() -> int:
                                "batches": r["batches"]})
 
     # Report.
-    log(f"\nfound sizes (bucket: max s, max tokens -> B, B x max s)")
+    log("\nfound sizes (bucket: max s, max tokens -> B, B x max s)")
     for r in buckets:
         log(f"  {r['bucket']:3d}: {r['max_duration_s']:5.2f} s {r['max_tokens']:3d} tok -> B={r['batch_size']:4d} "
             f"(peak {r['peak_gib']} GiB; fails at {r['smallest_failure']}), B x s = "
@@ -254,7 +254,8 @@ def main() -> int:
     log(f"\nepoch of train-clean-100 (seed 0), {args.preset}, {probe.device_name}, limit {limit / GiB:.2f} GiB")
     log(f"{'sampler':<34} {'max_duration_s':>14} {'batches':>8} {'mean_bs':>8} {'ratio':>6} {'top3 fit':>8} "
         f"{'+5% top GiB':>11} {'any-batch-safe D':>16} {'mean_bs':>8} {'ratio':>6}")
-    log(f"{'2D %dx%d + OOMptimizer (traced)' % (args.duration_buckets, args.sub_buckets):<34} {'-':>14} "
+    name = f"2D {args.duration_buckets}x{args.sub_buckets} + OOMptimizer (traced)"
+    log(f"{name:<34} {'-':>14} "
         f"{ours['batches']:>8} {ours['mean_batch_size']:>8.2f} {1.0:>6.2f}")
     for bl in baselines:
         name = "no bucketing" if bl["strategy"] == "random" else \
@@ -262,7 +263,7 @@ def main() -> int:
         bl["ratio_ours_over_this"] = ours["mean_batch_size"] / bl["mean_batch_size"]
         bl["ratio_ours_over_any_batch_safe"] = ours["mean_batch_size"] / bl["any_batch_safe_mean_batch_size"]
         log(f"{name:<34} {bl['max_duration_s']:>14.1f} {bl['batches']:>8} {bl['mean_batch_size']:>8.2f} "
-            f"{bl['ratio_ours_over_this']:>6.2f} {str(bl['all_fit']):>8} "
+            f"{bl['ratio_ours_over_this']:>6.2f} {bl['all_fit']!s:>8} "
             f"{bl['plus5pct_top_batch_measured_gib']:>11.3f} {bl['any_batch_safe_max_duration_s']:>16.1f} "
             f"{bl['any_batch_safe_mean_batch_size']:>8.2f} {bl['ratio_ours_over_any_batch_safe']:>6.2f}")
     original["ratio_ours_over_this"] = ours["mean_batch_size"] / original["mean_batch_size"]

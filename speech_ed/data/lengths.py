@@ -12,13 +12,13 @@ over worker processes. The result equals ``measure_lengths(CutSet.from_file(path
 from __future__ import annotations
 
 import gzip
-import json
 import multiprocessing as mp
 import os
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+import orjson
 from tqdm import tqdm
 
 from speech_ed.data.prompt import count_target_tokens, cut_target, target_of
@@ -27,11 +27,12 @@ from speech_ed.sampling.padding import Lengths
 
 _TOKENIZER: Optional[Tokenizer] = None
 _PNC = False
+_THREADS = -1  # SentencePiece threads per call: 1 in worker processes (they already use every core)
 
 
-def _init_worker(tokenizer_path: str, pnc: bool) -> None:
-    global _TOKENIZER, _PNC
-    _TOKENIZER, _PNC = Tokenizer.load(tokenizer_path), pnc
+def _init_worker(tokenizer_path: str, pnc: bool, threads: int = 1) -> None:
+    global _TOKENIZER, _PNC, _THREADS
+    _TOKENIZER, _PNC, _THREADS = Tokenizer.load(tokenizer_path), pnc, threads
 
 
 def _chunk_lengths(job: tuple[str, int, list[bytes]]) -> tuple[list[str], list[float], list[int]]:
@@ -42,8 +43,8 @@ def _chunk_lengths(job: tuple[str, int, list[bytes]]) -> tuple[list[str], list[f
     ids, durations, targets = [], [], []
     for k, raw in enumerate(lines):
         try:
-            d = json.loads(raw)
-        except ValueError as e:
+            d = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
             raise ValueError(f"{where}:{first_line + k}: not a valid JSON cut line ({e})") from None
         try:
             sups = d.get("supervisions") if isinstance(d, dict) else None
@@ -60,7 +61,7 @@ def _chunk_lengths(job: tuple[str, int, list[bytes]]) -> tuple[list[str], list[f
         ids.append(cut_id)
         durations.append(duration)
         targets.append(target)
-    return ids, durations, count_target_tokens(targets, _TOKENIZER)
+    return ids, durations, count_target_tokens(targets, _TOKENIZER, _THREADS)
 
 
 def _line_chunks(path: Path, chunk_size: int):
@@ -103,7 +104,7 @@ def measure_manifest_lengths(path: Union[str, os.PathLike], tokenizer_path: Unio
     bar = tqdm(desc=f"lengths {path.name}", unit=" cuts", disable=None if progress else True, leave=False)
     chunks = _line_chunks(path, chunk_size)
     if num_workers == 0:
-        _init_worker(str(tokenizer_path), pnc)
+        _init_worker(str(tokenizer_path), pnc, threads=-1)
         results = map(_chunk_lengths, chunks)
         pool = None
     else:

@@ -79,12 +79,13 @@ def count_decoder_tokens(cut, tokenizer: Tokenizer, pnc: bool = False) -> int:
     return count_target_tokens([cut_target(cut, pnc)], tokenizer)[0]
 
 
-def count_target_tokens(targets: list[Target], tokenizer: Tokenizer) -> list[int]:
+def count_target_tokens(targets: list[Target], tokenizer: Tokenizer, num_threads: int = -1) -> list[int]:
     """Decoder-sequence lengths of many targets at once (one batched SentencePiece call).
 
     The only place the formula lives: :func:`count_decoder_tokens` calls it with one target.
     """
-    return [PROMPT_LEN + len(pieces) + 1 for pieces in tokenizer.encode_batch([t.text for t in targets])]
+    pieces = tokenizer.encode_batch([t.text for t in targets], num_threads=num_threads)
+    return [PROMPT_LEN + len(p) + 1 for p in pieces]
 
 
 def describe_prompt_format(pnc: bool = False) -> dict:

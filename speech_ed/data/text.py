@@ -28,6 +28,12 @@ def normalize_text(text: str) -> str:
         if "'" in text:
             text = _LONE_APOSTROPHE.sub(" ", text)
         return " ".join(text.split())
+    return normalize_text_by_characters(text)
+
+
+def normalize_text_by_characters(text: str) -> str:
+    """The rules applied character by character: what :func:`normalize_text` does for any text (its ASCII
+    fast path gives the same result, tested against this)."""
     text = unicodedata.normalize("NFC", text)
     text = _APOSTROPHES.sub("'", text).lower()
     text = _DASHES.sub(" ", text)

@@ -109,8 +109,9 @@ class Tokenizer:
         """Text pieces only (no special tokens)."""
         return self.sp.encode(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts)
+    def encode_batch(self, texts: list[str], num_threads: int = -1) -> list[list[int]]:
+        """Text pieces of many texts in one SentencePiece call (``num_threads`` -1: all cores)."""
+        return self.sp.encode(texts, num_threads=num_threads)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special tokens and padding are skipped."""

@@ -76,7 +76,7 @@ def plot_curves(study: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, (ax_wer, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, r in study["strategies"].items():
+    for name, r in ordered_runs(study):
         pts = [p for p in r["curve"] if p.get("dev_wer") is not None]
         minutes = [p["train_s"] / 60 for p in pts]
         ax_wer.plot(minutes, [p["dev_wer"] for p in pts], marker="o", ms=3, label=LABELS.get(name, name))
@@ -99,6 +99,12 @@ def plot_curves(study: dict) -> bytes:
     return buf.getvalue()
 
 
+def ordered_runs(study: dict) -> list[tuple[str, dict]]:
+    """``(strategy, result)`` in the order the study ran them."""
+    runs = study["strategies"]
+    return [(name, runs[name]) for name in study.get("strategy_order", list(runs)) if name in runs]
+
+
 def _num(x, fmt: str = "{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
 
@@ -116,13 +122,13 @@ def study_markdown(study: dict, png_name: str) -> str:
              f"probe `{m['probe']}` on {m['device']} ({m['trials']} trials). Dev subset: {s['dev_cuts']} "
              f"utterances, greedy decoding every {s['eval_every_s']:g} s of training time; evaluation time is "
              "not counted in any training time below, nor in the learning-rate schedule or the time limit. "
-             f"First epoch shortest-first: {'yes' if s['sortagrad'] else 'no'}. 1D: lhotse, "
+             f"SortaGrad: {'yes (2D only: a duration-only first epoch)' if s['sortagrad'] else 'no'}. 1D: lhotse, "
              f"{s['num_buckets_1d']} buckets, {penalty}.")
     header = ("| strategy | batch rule | steps | mean batch size | input padding | output padding | audio s / s "
               "| final dev WER | final dev loss | s to reach random's final WER | largest batch measured (GiB) |")
     lines = [f"## {study['device_name']} ({study['device']}), {study['created'][:10]}", "", setup, "", header,
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in study["strategies"].items():
+    for name, r in ordered_runs(study):
         measured = [b["peak_gib"] for b in r.get("largest_batches_measured", []) if b["peak_gib"] is not None]
         over = any(not b["fits"] for b in r.get("largest_batches_measured", []))
         peak = (f"{max(measured):.3f}" if measured else "–") + (" **over**" if over else "")
@@ -137,7 +143,7 @@ def study_markdown(study: dict, png_name: str) -> str:
         return "not measured" if x is None else ("met" if x else "**not met**")
 
     seconds = ", ".join(f"{name} {r['train_seconds']:.1f} s (+{r['eval_seconds']:.1f} s evaluation)"
-                        for name, r in study["strategies"].items())
+                        for name, r in ordered_runs(study))
     lines += ["", f"Training seconds per strategy: {seconds}.", "", "Issue 8's criteria, as measured:", "",
               (f"- 2D audio per second / random: {_num(c.get('audio_per_second_2d_over_random'))}x (want >= 2): "
                f"{verdict(k.get('2d_audio_per_second_at_least_2x_random'))}"),

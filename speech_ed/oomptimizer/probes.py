@@ -236,6 +236,8 @@ class CudaProbe(Probe):
             raise RuntimeError("--probe cuda needs a CUDA GPU; use --probe simulate --target-gpu NAME to "
                                "plan for a GPU you do not have, or --probe cpu")
         self.device = torch.device(device)
+        if self.device.index is None:  # set_per_process_memory_fraction needs an explicit index
+            self.device = torch.device("cuda", torch.cuda.current_device())
         total = torch.cuda.get_device_properties(self.device).total_memory
         budget = total if memory_budget_gib is None else min(total, int(memory_budget_gib * GiB))
         limit = int(budget * memory_fraction)

@@ -17,9 +17,11 @@ tokenizer and bins):
 
 The safe settings come from :mod:`speech_ed.training.budgets`. During training :class:`DevCurve` evaluates a
 fixed dev subset every ``eval_every_s`` seconds of training time, and that time is left out of the training
-clock, the schedule and the time limit. The first epoch is not shortest-first (``data.sortagrad=false``) unless
-an override asks for it, so every strategy sees the data in random order. After training, the largest batches
-each run formed are measured with the same probe. Results go to ``<run>/efficiency/efficiency.json`` and, with
+clock, the schedule and the time limit. ``data.sortagrad`` is the config's (the embedded recipe: true): it
+changes only the 2D strategy, whose first epoch then batches by duration group with each group's smallest
+OOMptimizer size, since 2D batches from the first step kept the model on the CTC blank plateau
+(docs/BENCHMARKS.md, section 1); random batching has no buckets to order and lhotse's sampler has no SortaGrad.
+After training, the largest batches each run formed are measured with the same probe. Results go to ``<run>/efficiency/efficiency.json`` and, with
 the report, to ``<report_dir>/`` (:mod:`speech_ed.evaluation.efficiency_report`).
 """
 
@@ -162,7 +164,7 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
     from speech_ed.training.dev_curve import load_dev_subset
 
     settings.validate()
-    user = ["data.sortagrad=false", *overrides]
+    user = list(overrides)
     base = load_config(yaml_paths, user)
     prepared = prepared_run(base)
     prepared.check()
@@ -197,6 +199,7 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
                                                "trials")},
         "budgets": {name: budgets[name] for name in STRATEGIES},
         "strategies": {name: {"batch_setting": batch_setting(name, budgets), **r} for name, r in results.items()},
+        "strategy_order": list(settings.strategies),  # the JSON is written with sorted keys
     }
     add_comparisons(study)
     atomic_write_json(out_dir / "efficiency.json", study)

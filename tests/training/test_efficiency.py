@@ -60,7 +60,7 @@ def test_efficiency_study_end_to_end(tmp_path, tokenizer, monkeypatch, capsys):
     study = report["studies"]["cpu"]
     assert study == json.loads((run / "efficiency" / "efficiency.json").read_text())
     runs = study["strategies"]
-    assert list(runs) == ["random", "1d", "2d-oomptimizer"]
+    assert study["strategy_order"] == ["random", "1d", "2d-oomptimizer"] and set(runs) == set(study["strategy_order"])
     assert {k: r["sampler"] for k, r in runs.items()} == {"random": "random", "1d": "dynamic",
                                                           "2d-oomptimizer": "bucket2d"}
     # every batch the random and 1D budgets allow fits: floor(D / eff(lo)) cuts at most in each interval
@@ -96,7 +96,9 @@ def test_efficiency_study_end_to_end(tmp_path, tokenizer, monkeypatch, capsys):
     assert "model_hash" in sizes and "probe: cpu" in sizes
     assert (tmp_path / "docs" / "efficiency_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (tmp_path / "docs" / "EFFICIENCY.md").read_text()
-    assert "2D buckets + OOMptimizer" in md and "efficiency_cpu.png" in md and "random batching" in md
+    rows = [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ") and "padding" not in line]
+    assert rows == ["| random batching", "| 1D buckets (lhotse) + quadratic penalty", "| 2D buckets + OOMptimizer"]
+    assert "![dev WER and loss against training time](efficiency_cpu.png)" in md
 
     # a second study reuses the probing and the finished runs
     capsys.readouterr()
