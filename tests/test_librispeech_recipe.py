@@ -92,7 +92,9 @@ def test_make_recipe_librispeech_runs_every_stage(fake_librispeech, tmp_path):
         assert r["num_utterances"] == 4 and 0 <= r["wer"] and r["rtfx"] > 0
     assert "| test-clean | 4 |" in (run / "RESULTS.md").read_text()
 
-    train_run, eval_run = wandb_records.offline_runs(run)  # offline: no account, no network
+    assert len(wandb_records.offline_runs(run)) == 2  # offline: no account, no network
+    train_run = wandb_records.run_by_name(run, "librispeech/fake")
+    eval_run = wandb_records.run_by_name(run, "librispeech/fake/eval")
     rows = wandb_records.history(train_run)
     assert [r["trainer/global_step"] for r in rows] == [0, 1, 2]
     assert all("train/input_padding" in r and "train/bucket" in r for r in rows)

@@ -89,5 +89,14 @@ def config(path: str | Path) -> dict:
 
 
 def offline_runs(root: str | Path) -> list[Path]:
-    """Run files under ``root/wandb/offline-run-*``, oldest first."""
+    """Run files under ``root/wandb/offline-run-*``, oldest first (to the second: runs started in the same
+    second come in any order, so tell them apart with :func:`run_by_name`)."""
     return sorted(Path(root).glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def run_by_name(root: str | Path, display_name: str) -> Path:
+    """The one offline run under ``root`` whose display name is ``display_name``."""
+    found = [p for p in offline_runs(root) if run_record(p).display_name == display_name]
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} offline runs named {display_name!r} under {root}")
+    return found[0]
