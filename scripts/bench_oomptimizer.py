@@ -176,6 +176,22 @@ def largest_safe_budget(lengths, strategy, bins, q, model: MemoryModel, limit: i
             "plus5pct_top_batch_measured_gib": round(above / GiB, 4), "plus5pct_exceeds": above > limit}
 
 
+def epoch_table(ours_name: str, ours: dict, baselines: list[dict]) -> None:
+    """Print our epoch against each baseline's, and store the ratios in the baseline dicts."""
+    log(f"{'sampler':<34} {'max_duration_s':>14} {'batches':>8} {'mean_bs':>8} {'ratio':>6} {'top3 fit':>8} "
+        f"{'+5% top GiB':>11} {'any-batch-safe D':>16} {'mean_bs':>8} {'ratio':>6}")
+    log(f"{ours_name:<34} {'-':>14} {ours['batches']:>8} {ours['mean_batch_size']:>8.2f} {1.0:>6.2f}")
+    for bl in baselines:
+        name = "no bucketing" if bl["strategy"] == "random" else \
+            "1D x30" + (f" + quadratic {bl['quadratic_duration_s']:g}" if bl["quadratic_duration_s"] else "")
+        bl["ratio_ours_over_this"] = ours["mean_batch_size"] / bl["mean_batch_size"]
+        bl["ratio_ours_over_any_batch_safe"] = ours["mean_batch_size"] / bl["any_batch_safe_mean_batch_size"]
+        log(f"{name:<34} {bl['max_duration_s']:>14.1f} {bl['batches']:>8} {bl['mean_batch_size']:>8.2f} "
+            f"{bl['ratio_ours_over_this']:>6.2f} {bl['all_fit']!s:>8} "
+            f"{bl['plus5pct_top_batch_measured_gib']:>11.3f} {bl['any_batch_safe_max_duration_s']:>16.1f} "
+            f"{bl['any_batch_safe_mean_batch_size']:>8.2f} {bl['ratio_ours_over_any_batch_safe']:>6.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="exp/bench_oomptimizer")
@@ -247,19 +263,7 @@ def main() -> int:
             f"{a['cpu_gib']:>7.3f} {a['simulate_gib']:>7.3f} {b['cpu_gib']:>8.3f} {b['simulate_gib']:>8.3f} "
             f"{str(c['pass']):>5}")
     log("\nepoch of train-clean-100 (seed 0): mean batch size")
-    log(f"{'sampler':<34} {'max_duration_s':>14} {'batches':>8} {'mean_bs':>8} {'ratio':>6} {'top3 fit':>8} "
-        f"{'+5% top GiB':>11} {'any-batch-safe D':>16} {'mean_bs':>8} {'ratio':>6}")
-    log(f"{'2D %dx%d + OOMptimizer sizes' % (args.duration_buckets, args.sub_buckets):<34} {'-':>14} "
-        f"{ours['batches']:>8} {ours['mean_batch_size']:>8.2f} {1.0:>6.2f}")
-    for bl in baselines:
-        name = "no bucketing" if bl["strategy"] == "random" else \
-            "1D x30" + (f" + quadratic {bl['quadratic_duration_s']:g}" if bl["quadratic_duration_s"] else "")
-        bl["ratio_ours_over_this"] = ours["mean_batch_size"] / bl["mean_batch_size"]
-        bl["ratio_ours_over_any_batch_safe"] = ours["mean_batch_size"] / bl["any_batch_safe_mean_batch_size"]
-        log(f"{name:<34} {bl['max_duration_s']:>14.1f} {bl['batches']:>8} {bl['mean_batch_size']:>8.2f} "
-            f"{bl['ratio_ours_over_this']:>6.2f} {str(bl['all_fit']):>8} "
-            f"{bl['plus5pct_top_batch_measured_gib']:>11.3f} {bl['any_batch_safe_max_duration_s']:>16.1f} "
-            f"{bl['any_batch_safe_mean_batch_size']:>8.2f} {bl['ratio_ours_over_any_batch_safe']:>6.2f}")
+    epoch_table(f"2D {args.duration_buckets}x{args.sub_buckets} + OOMptimizer sizes", ours, baselines)
     total_s = time.perf_counter() - t_all
     log(f"\ntotal {total_s:.0f} s (search {search_s:.0f} s)")
 

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_oomptimizer import TSV, MemoryModel, epoch, largest_safe_budget  # noqa: E402
+from bench_oomptimizer import TSV, MemoryModel, epoch, epoch_table, largest_safe_budget  # noqa: E402
 
 from speech_ed.config import load_model_preset  # noqa: E402
 from speech_ed.data.prompt import PROMPT_LEN  # noqa: E402
@@ -252,20 +252,7 @@ def main() -> int:
             f"(peak {r['peak_gib']} GiB; fails at {r['smallest_failure']}), B x s = "
             f"{r['batch_size'] * r['max_duration_s']:.0f}")
     log(f"\nepoch of train-clean-100 (seed 0), {args.preset}, {probe.device_name}, limit {limit / GiB:.2f} GiB")
-    log(f"{'sampler':<34} {'max_duration_s':>14} {'batches':>8} {'mean_bs':>8} {'ratio':>6} {'top3 fit':>8} "
-        f"{'+5% top GiB':>11} {'any-batch-safe D':>16} {'mean_bs':>8} {'ratio':>6}")
-    name = f"2D {args.duration_buckets}x{args.sub_buckets} + OOMptimizer (traced)"
-    log(f"{name:<34} {'-':>14} "
-        f"{ours['batches']:>8} {ours['mean_batch_size']:>8.2f} {1.0:>6.2f}")
-    for bl in baselines:
-        name = "no bucketing" if bl["strategy"] == "random" else \
-            "1D x30" + (f" + quadratic {bl['quadratic_duration_s']:g}" if bl["quadratic_duration_s"] else "")
-        bl["ratio_ours_over_this"] = ours["mean_batch_size"] / bl["mean_batch_size"]
-        bl["ratio_ours_over_any_batch_safe"] = ours["mean_batch_size"] / bl["any_batch_safe_mean_batch_size"]
-        log(f"{name:<34} {bl['max_duration_s']:>14.1f} {bl['batches']:>8} {bl['mean_batch_size']:>8.2f} "
-            f"{bl['ratio_ours_over_this']:>6.2f} {bl['all_fit']!s:>8} "
-            f"{bl['plus5pct_top_batch_measured_gib']:>11.3f} {bl['any_batch_safe_max_duration_s']:>16.1f} "
-            f"{bl['any_batch_safe_mean_batch_size']:>8.2f} {bl['ratio_ours_over_any_batch_safe']:>6.2f}")
+    epoch_table(f"2D {args.duration_buckets}x{args.sub_buckets} + OOMptimizer (traced)", ours, baselines)
     original["ratio_ours_over_this"] = ours["mean_batch_size"] / original["mean_batch_size"]
     log(f"\ncontext: original Canary-1B recipe (1D x20, 360 s, quadratic 15): {original['batches']} batches, "
         f"mean batch size {original['mean_batch_size']:.2f}, ours / this {original['ratio_ours_over_this']:.2f}; "
