@@ -51,7 +51,8 @@ class DataConfig:
     """Folder with ``cuts_train.jsonl.gz``, ``cuts_dev.jsonl.gz``, ``cuts_test.jsonl.gz``; empty means
     ``<run_dir>/manifests``."""
     sampler: str = "dynamic"
-    """'dynamic' (lhotse DynamicBucketingSampler, 1D), 'bucket2d' (speech_ed 2D bucketing) or 'random'."""
+    """'dynamic' (lhotse DynamicBucketingSampler, 1D), 'bucket2d' (speech_ed 2D bucketing), 'bucket1d' (speech_ed
+    1D bucketing on the duration groups of ``bucket_bins``, batches by ``max_duration_s``) or 'random'."""
     max_duration_s: float = 90.0
     """Padding-aware budget: batch_size x longest utterance <= this, when no per-bucket sizes are given."""
     quadratic_duration_s: Optional[float] = None
@@ -64,7 +65,7 @@ class DataConfig:
     """Strict 2D assignment drops (and counts) cuts that fit no bin or exceed a bucket's tokens-per-second cap;
     lenient moves them to a larger bucket."""
     bucket_bins: str = ""
-    """``bucket_bins.yaml`` from ``speech-ed estimate-bins`` (needed by 'bucket2d')."""
+    """``bucket_bins.yaml`` from ``speech-ed estimate-bins`` (needed by 'bucket2d' and 'bucket1d')."""
     bucket_batch_sizes: str = ""
     """``bucket_batch_sizes.yaml`` from ``speech-ed oomptimize`` (optional, 'bucket2d' only)."""
     shuffle: bool = True
@@ -281,10 +282,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
         bad("tokenizer.languages", f"lacks {missing}, which prepare.languages produces; add them")
     if not cfg.tokenizer.languages:
         bad("tokenizer.languages", "must list at least one language")
-    if d.sampler not in ("dynamic", "bucket2d", "random"):
-        bad("data.sampler", f"must be 'dynamic', 'bucket2d' or 'random', got {d.sampler!r}")
-    if d.sampler == "bucket2d" and not d.bucket_bins:
-        bad("data.bucket_bins", "data.sampler=bucket2d needs bucket bins; run `speech-ed estimate-bins` first")
+    if d.sampler not in ("dynamic", "bucket2d", "bucket1d", "random"):
+        bad("data.sampler", f"must be 'dynamic', 'bucket2d', 'bucket1d' or 'random', got {d.sampler!r}")
+    if d.sampler in ("bucket2d", "bucket1d") and not d.bucket_bins:
+        bad("data.bucket_bins", f"data.sampler={d.sampler} needs bucket bins; run `speech-ed estimate-bins` first")
     if d.bucket_batch_sizes and d.sampler != "bucket2d":
         bad("data.bucket_batch_sizes", "per-bucket batch sizes need data.sampler=bucket2d")
     if d.max_duration_s <= 0:

@@ -14,6 +14,7 @@ def test_defaults_and_overrides_merge():
     (["model.not_a_dim=3"], "model.not_a_dim"),
     (["optim.lr=fast"], "optim.lr"),
     (["data.sampler=bucket2d"], "data.bucket_bins"),
+    (["data.sampler=bucket1d"], "data.bucket_bins"),
     (["data.sampler=sorted"], "data.sampler"),
     (["loss.ctc_weight=0.3", "model.ctc_head=false"], "loss.ctc_weight"),
     (["model.encoder_dim=100", "model.num_encoder_heads=3"], "model.encoder_dim"),

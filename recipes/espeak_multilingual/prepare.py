@@ -38,8 +38,8 @@ def tokenizer(cfg: ExperimentConfig) -> None:
 
 
 def bins(cfg: ExperimentConfig) -> None:
-    if cfg.data.sampler != "bucket2d":
-        print(f"data.sampler={cfg.data.sampler}: no 2D bins needed")
+    if cfg.data.sampler not in ("bucket2d", "bucket1d"):  # bucket1d batches by the bins' duration groups
+        print(f"data.sampler={cfg.data.sampler}: no bucket bins needed")
         return
     from speech_ed.commands.estimate_bins import estimate_bins_for_run
 

@@ -29,7 +29,8 @@ def add_arguments(parser) -> None:
                         help="YAML config (repeatable; replaces the recipe's config.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every strategy")
     parser.add_argument("--strategies", default="random,1d,2d-oomptimizer",
-                        help="comma-separated, from random, 1d, 2d-oomptimizer (default: all three)")
+                        help="comma-separated, from random, 1d, 2d-oomptimizer (default: these three) and the "
+                             "ablations 1d-sortagrad, 2d-no-sortagrad")
     parser.add_argument("--minutes", type=float, default=None,
                         help="training wall time per strategy, evaluation excluded")
     parser.add_argument("--steps", type=int, default=None, help="training steps per strategy")

@@ -7,8 +7,8 @@ counted by the dataset. Both counts reach the training log and ``train_stats.jso
 Resume: Lightning stores :meth:`AEDDataModule.state_dict` in every checkpoint. It holds the training sampler's
 state after the last step that training consumed (counted in :meth:`AEDDataModule.on_before_batch_transfer`,
 so batches the DataLoader prefetched are handed out again, not lost) and the filter's counts. With
-``data.sampler`` 'bucket2d' or 'random' the next run continues with exactly the batches the interrupted run
-would have produced; lhotse's 'dynamic' sampler cannot, and restarts its epoch (with a warning).
+``data.sampler`` 'bucket2d', 'bucket1d' or 'random' the next run continues with exactly the batches the
+interrupted run would have produced; lhotse's 'dynamic' sampler cannot, and restarts its epoch (with a warning).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from speech_ed.data.prompt import count_decoder_tokens, cut_target
 from speech_ed.data.tokenizer import TASKS, Tokenizer
 from speech_ed.sampling import BucketingSampler
 from speech_ed.sampling.stream import open_manifest
+
+SAMPLER_STRATEGY = {"bucket2d": "2d", "bucket1d": "1d", "random": "random"}  # data.sampler -> BucketingSampler
 
 
 class CountingFilter:
@@ -109,7 +111,7 @@ class AEDDataModule(L.LightningDataModule):
         bins = load_bucket_bins(d.bucket_bins) if d.bucket_bins else None
         batch_sizes = load_bucket_batch_sizes(d.bucket_batch_sizes, bins) if d.bucket_batch_sizes else None
         return BucketingSampler(cuts, num_tokens=self.num_tokens, bins=bins,
-                                strategy="2d" if d.sampler == "bucket2d" else "random", batch_sizes=batch_sizes,
+                                strategy=SAMPLER_STRATEGY[d.sampler], batch_sizes=batch_sizes,
                                 max_duration_s=d.max_duration_s, quadratic_duration_s=d.quadratic_duration_s,
                                 shuffle=d.shuffle, seed=d.seed, buffer_size=d.buffer_size, world_size=world_size,
                                 rank=rank, sortagrad=d.sortagrad, strict=d.strict_2d)

@@ -20,17 +20,24 @@ from speech_ed.atomic import atomic_write_binary, atomic_write_json, atomic_writ
 
 FORMAT = "speech_ed.efficiency"
 LABELS = {"random": "random batching", "1d": "1D buckets (lhotse) + quadratic penalty",
-          "2d-oomptimizer": "2D buckets + OOMptimizer"}
+          "2d-oomptimizer": "2D buckets + OOMptimizer",
+          "1d-sortagrad": "ablation: 1D buckets (speech_ed) + quadratic penalty, SortaGrad",
+          "2d-no-sortagrad": "ablation: 2D buckets + OOMptimizer, no SortaGrad"}
 
 
-def seconds_to_reach(curve: list[dict], wer: float | None) -> float | None:
-    """Training seconds of the first dev evaluation at or below ``wer`` (None if none is)."""
-    if wer is None:
+def seconds_to_reach(curve: list[dict], value: float | None, key: str = "dev_wer") -> float | None:
+    """Training seconds of the first dev evaluation whose ``key`` is at or below ``value`` (None if none is)."""
+    if value is None:
         return None
     for p in curve:
-        if p.get("dev_wer") is not None and p["dev_wer"] <= wer:
+        if p.get(key) is not None and p[key] <= value:
             return p["train_s"]
     return None
+
+
+def padded_audio_per_second(run: dict) -> float:
+    """Audio seconds per second counting the padding: what the model computed on, real or not."""
+    return run["audio_seconds_per_second"] / max(1e-9, 1.0 - run["input_padding"])
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -38,23 +45,42 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def add_comparisons(study: dict) -> None:
-    """Add ``seconds_to_reach_random_final_wer`` per strategy, and ``comparisons`` and ``criteria``."""
+    """Add ``seconds_to_reach_random_final_wer`` (and ``_loss``) per strategy, ``comparisons`` and ``criteria``.
+
+    The criteria compare the three main strategies; the ablations (``1d-sortagrad``, ``2d-no-sortagrad``) get
+    comparisons of their own.
+    """
     runs = study["strategies"]
     target = runs["random"]["final_dev_wer"] if "random" in runs else None
+    target_loss = runs["random"]["final_dev_loss"] if "random" in runs else None
     for r in runs.values():
         r["seconds_to_reach_random_final_wer"] = seconds_to_reach(r["curve"], target)
+        r["seconds_to_reach_random_final_loss"] = seconds_to_reach(r["curve"], target_loss, "dev_loss")
+        r["padded_audio_seconds_per_second"] = round(padded_audio_per_second(r), 2)
     speed = {k: r["audio_seconds_per_second"] for k, r in runs.items()}
     two_d = runs.get("2d-oomptimizer")
     first = next((p["dev_wer"] for p in runs["random"]["curve"] if p.get("dev_wer") is not None), None) \
         if "random" in runs else None
     cmp = {"random_final_dev_wer": target, "random_first_dev_wer": first,
            "random_improved": None if target is None or first is None else target < first,
+           # an empty transcript scores exactly 100 % WER: at or above it, random batching has not learned yet
+           "random_final_wer_below_empty_output": None if target is None else target < 100.0,
            "audio_per_second_2d_over_random": _ratio(speed.get("2d-oomptimizer"), speed.get("random")),
            "audio_per_second_2d_over_1d": _ratio(speed.get("2d-oomptimizer"), speed.get("1d")),
            "mean_batch_size_2d_over_random": _ratio(two_d and two_d["mean_batch_size"],
                                                     runs.get("random", {}).get("mean_batch_size")),
            "time_to_random_final_wer_2d_over_random": _ratio(
-               two_d and two_d["seconds_to_reach_random_final_wer"], runs.get("random", {}).get("train_seconds"))}
+               two_d and two_d["seconds_to_reach_random_final_wer"], runs.get("random", {}).get("train_seconds")),
+           "time_to_random_final_loss_2d_over_random": _ratio(
+               two_d and two_d["seconds_to_reach_random_final_loss"], runs.get("random", {}).get("train_seconds"))}
+    ablation = runs.get("1d-sortagrad")
+    if two_d and ablation:  # 2D against 1D with the same curriculum
+        cmp["audio_per_second_2d_over_1d_sortagrad"] = _ratio(two_d["audio_seconds_per_second"],
+                                                              ablation["audio_seconds_per_second"])
+        cmp["time_to_1d_sortagrad_final_wer_2d_over_1d_sortagrad"] = _ratio(
+            seconds_to_reach(two_d["curve"], ablation["final_dev_wer"]), ablation["train_seconds"])
+        cmp["time_to_1d_sortagrad_final_loss_2d_over_1d_sortagrad"] = _ratio(
+            seconds_to_reach(two_d["curve"], ablation["final_dev_loss"], "dev_loss"), ablation["train_seconds"])
     study["comparisons"] = cmp
 
     def at_least(x, limit):
@@ -79,9 +105,10 @@ def plot_curves(study: dict) -> bytes:
     for name, r in ordered_runs(study):
         pts = [p for p in r["curve"] if p.get("dev_wer") is not None]
         minutes = [p["train_s"] / 60 for p in pts]
-        ax_wer.plot(minutes, [p["dev_wer"] for p in pts], marker="o", ms=3, label=LABELS.get(name, name))
-        ax_loss.plot([p["train_s"] / 60 for p in r["curve"]], [p["dev_loss"] for p in r["curve"]], marker="o",
-                     ms=3, label=LABELS.get(name, name))
+        style = {"marker": "o", "ms": 3, "label": LABELS.get(name, name),
+                 "ls": "--" if LABELS.get(name, "").startswith("ablation") else "-"}
+        ax_wer.plot(minutes, [p["dev_wer"] for p in pts], **style)
+        ax_loss.plot([p["train_s"] / 60 for p in r["curve"]], [p["dev_loss"] for p in r["curve"]], **style)
     target = study.get("comparisons", {}).get("random_final_dev_wer")
     if target is not None:
         ax_wer.axhline(target, color="grey", ls="--", lw=0.8, label="random's final WER")
@@ -122,12 +149,14 @@ def study_markdown(study: dict, png_name: str) -> str:
              f"probe `{m['probe']}` on {m['device']} ({m['trials']} trials). Dev subset: {s['dev_cuts']} "
              f"utterances, greedy decoding every {s['eval_every_s']:g} s of training time; evaluation time is "
              "not counted in any training time below, nor in the learning-rate schedule or the time limit. "
-             f"SortaGrad: {'yes (2D only: a duration-only first epoch)' if s['sortagrad'] else 'no'}. 1D: lhotse, "
-             f"{s['num_buckets_1d']} buckets, {penalty}.")
+             f"SortaGrad (a shortest-first first epoch; with 2D bins it batches by duration group only): "
+             f"{_sortagrad(study)}. 1D: lhotse, {s['num_buckets_1d']} buckets, {penalty}. Padded audio s / s "
+             "counts the padding too: what the model computed on.")
     header = ("| strategy | batch rule | steps | mean batch size | input padding | output padding | audio s / s "
-              "| final dev WER | final dev loss | s to reach random's final WER | largest batch measured (GiB) |")
+              "| padded audio s / s | final dev WER | final dev loss | s to reach random's final WER | s to reach "
+              "random's final dev loss | largest batch measured (GiB) |")
     lines = [f"## {study['device_name']} ({study['device']}), {study['created'][:10]}", "", setup, "", header,
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in ordered_runs(study):
         measured = [b["peak_gib"] for b in r.get("largest_batches_measured", []) if b["peak_gib"] is not None]
         over = any(not b["fits"] for b in r.get("largest_batches_measured", []))
@@ -135,8 +164,10 @@ def study_markdown(study: dict, png_name: str) -> str:
         lines.append(f"| {LABELS.get(name, name)} | {r['batch_setting']} | {r['steps']} | "
                      f"{r['mean_batch_size']:.1f} | {100 * r['input_padding']:.1f} % | "
                      f"{100 * r['output_padding']:.1f} % | {r['audio_seconds_per_second']:.1f} | "
-                     f"{_num(r['final_dev_wer'])} | {_num(r['final_dev_loss'], '{:.3f}')} | "
-                     f"{_num(r['seconds_to_reach_random_final_wer'], '{:.0f}')} | {peak} |")
+                     f"{padded_audio_per_second(r):.1f} | {_num(r['final_dev_wer'])} | "
+                     f"{_num(r['final_dev_loss'], '{:.3f}')} | "
+                     f"{_num(r['seconds_to_reach_random_final_wer'], '{:.0f}')} | "
+                     f"{_num(r.get('seconds_to_reach_random_final_loss'), '{:.0f}')} | {peak} |")
     c, k = study.get("comparisons", {}), study.get("criteria", {})
 
     def verdict(x):
@@ -151,14 +182,52 @@ def study_markdown(study: dict, png_name: str) -> str:
                f"{verdict(k.get('2d_audio_per_second_at_least_1.3x_1d'))}"),
               (f"- 2D time to random's final dev WER ({_num(c.get('random_final_dev_wer'))} %) / random's "
                f"training time: {_num(c.get('time_to_random_final_wer_2d_over_random'))} (want <= 0.5): "
-               f"{verdict(k.get('2d_reaches_random_final_wer_in_half_its_time'))}"), "",
+               f"{verdict(k.get('2d_reaches_random_final_wer_in_half_its_time'))}"),
+              (f"- (not a criterion) 2D time to random's final dev loss / random's training time: "
+               f"{_num(c.get('time_to_random_final_loss_2d_over_random'))}"),
+              *_ablation_lines(study), "",
               f"![dev WER and loss against training time]({png_name})", "", f"Command: `{study['command']}`", ""]
     if c.get("random_improved") is False:
         note = (f"Random batching ended at a dev WER ({_num(c['random_final_dev_wer'])} %) no lower than its "
                 f"first evaluation ({_num(c['random_first_dev_wer'])} %): the models have not learned yet, so "
                 "the time-to-WER comparison says nothing.")
         lines[-5:-5] = ["", note]
+    elif c.get("random_final_wer_below_empty_output") is False:
+        note = (f"Random batching ended at a dev WER of {_num(c['random_final_dev_wer'])} %, no better than an "
+                "empty transcript (100 %): it had not learned to transcribe yet, so reaching its final WER is a "
+                "low bar; the dev loss and the ablations say more.")
+        lines[-5:-5] = ["", note]
     return "\n".join(lines)
+
+
+def _sortagrad(study: dict) -> str:
+    """Which strategies had SortaGrad (older studies stored one flag that applied to 2D only)."""
+    flag = study["settings"]["sortagrad"]
+    if isinstance(flag, bool):
+        return "yes (2D only)" if flag else "no"
+    on = [name for name, _ in ordered_runs(study) if flag.get(name)]
+    return ("on for " + ", ".join(on)) if on else "off for every strategy"
+
+
+def _ablation_lines(study: dict) -> list[str]:
+    """What the ablations add: 2D against 1D with the same curriculum, and 2D without its curriculum."""
+    runs, c = study["strategies"], study.get("comparisons", {})
+    two_d, lines = runs.get("2d-oomptimizer"), []
+    if two_d and "1d-sortagrad" in runs:
+        one = runs["1d-sortagrad"]
+        lines.append(f"- Ablation, 2D against 1D with the same SortaGrad curriculum: audio per second "
+                     f"{_num(c.get('audio_per_second_2d_over_1d_sortagrad'))}x; final dev WER "
+                     f"{_num(two_d['final_dev_wer'])} vs {_num(one['final_dev_wer'])} %; 2D time to 1D's final "
+                     "dev WER / 1D's training time: "
+                     f"{_num(c.get('time_to_1d_sortagrad_final_wer_2d_over_1d_sortagrad'))} (dev loss: "
+                     f"{_num(c.get('time_to_1d_sortagrad_final_loss_2d_over_1d_sortagrad'))})")
+    if two_d and "2d-no-sortagrad" in runs:
+        off = runs["2d-no-sortagrad"]
+        lines.append(f"- Ablation, 2D without SortaGrad: final dev WER {_num(off['final_dev_wer'])} % (with: "
+                     f"{_num(two_d['final_dev_wer'])} %), dev loss {_num(off['final_dev_loss'], '{:.3f}')} (with: "
+                     f"{_num(two_d['final_dev_loss'], '{:.3f}')}), audio per second "
+                     f"{off['audio_seconds_per_second']:.1f} (with: {two_d['audio_seconds_per_second']:.1f})")
+    return lines
 
 
 def write_report(report_dir: Path, study: dict) -> list[Path]:
@@ -183,7 +252,9 @@ def write_report(report_dir: Path, study: dict) -> list[Path]:
              "hand. Every strategy trains the same preset from the same seed on the same data under one memory "
              "budget: random batching and 1D bucketing with the largest `max_duration_s` under which every batch "
              "they can form fits the budget (measured with the same probe as the OOMptimizer, see "
-             "`speech_ed/training/budgets.py`), 2D bucketing with the OOMptimizer's per-bucket batch sizes. "
+             "`speech_ed/training/budgets.py`), 2D bucketing with the OOMptimizer's per-bucket batch sizes; the "
+             "ablations rerun 1D (speech_ed's sampler) with the 2D strategy's SortaGrad curriculum and 2D "
+             "without it. "
              "Padding is padded / all audio samples (input) and decoder tokens (output) over every training "
              "batch; audio s / s is audio seconds trained per second of training time.")
     md = ["# Training efficiency: random batching, 1D bucketing, 2D bucketing with OOMptimizer batch sizes", "",

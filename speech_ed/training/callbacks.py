@@ -47,13 +47,15 @@ class BatchBucket:
 def bucket_finder(datamodule, sample_rate: int) -> BatchBucket | None:
     """A :class:`BatchBucket` for a data module that samples with 2D/1D bucket bins, else None."""
     cfg = getattr(datamodule, "cfg", None)
-    if cfg is None or cfg.data.sampler != "bucket2d" or not cfg.data.bucket_bins:
+    if cfg is None or cfg.data.sampler not in ("bucket2d", "bucket1d") or not cfg.data.bucket_bins:
         return None
     from speech_ed.sampling import load_bucket_bins
     from speech_ed.sampling.assignment import BucketAssigner
 
-    return BatchBucket(BucketAssigner(load_bucket_bins(cfg.data.bucket_bins), strict=cfg.data.strict_2d),
-                       sample_rate)
+    bins = load_bucket_bins(cfg.data.bucket_bins)
+    if cfg.data.sampler == "bucket1d" and bins.is_2d:
+        bins = bins.to_1d()  # 'bucket1d' batches by the duration groups of 2D bins
+    return BatchBucket(BucketAssigner(bins, strict=cfg.data.strict_2d), sample_rate)
 
 
 class ThroughputLogger(L.Callback):

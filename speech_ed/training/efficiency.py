@@ -15,14 +15,22 @@ tokenizer and bins):
 * ``2d-oomptimizer``: speech_ed's 2D bucketing on the run's bins with per-bucket batch sizes from the
   OOMptimizer.
 
+Two ablations separate the batching from the curriculum (the 2D strategy's SortaGrad first epoch, below):
+
+* ``1d-sortagrad``: speech_ed's 1D bucketing (``data.sampler=bucket1d``) on the duration groups of the run's
+  bins, with the ``1d`` budget (same ``max_duration_s`` and penalty) and SortaGrad on: the 1D baseline with
+  the 2D strategy's curriculum;
+* ``2d-no-sortagrad``: ``2d-oomptimizer`` with SortaGrad off.
+
 The safe settings come from :mod:`speech_ed.training.budgets`. During training :class:`DevCurve` evaluates a
 fixed dev subset every ``eval_every_s`` seconds of training time, and that time is left out of the training
-clock, the schedule and the time limit. ``data.sortagrad`` is the config's (the embedded recipe: true): it
-changes only the 2D strategy, whose first epoch then batches by duration group with each group's smallest
-OOMptimizer size, since 2D batches from the first step kept the model on the CTC blank plateau
+clock, the schedule and the time limit. ``data.sortagrad`` is the config's (the embedded recipe: true) except
+in the ablations: it changes only the 2D strategy, whose first epoch then batches by duration group with each
+group's smallest OOMptimizer size, since 2D batches from the first step kept the model on the CTC blank plateau
 (docs/BENCHMARKS.md, section 1); random batching has no buckets to order and lhotse's sampler has no SortaGrad.
-After training, the largest batches each run formed are measured with the same probe. Results go to ``<run>/efficiency/efficiency.json`` and, with
-the report, to ``<report_dir>/`` (:mod:`speech_ed.evaluation.efficiency_report`).
+After training, the largest batches each run formed are measured with the same probe. Results go to
+``<run>/efficiency/efficiency.json`` and, with the report, to ``<report_dir>/``
+(:mod:`speech_ed.evaluation.efficiency_report`).
 """
 
 from __future__ import annotations
@@ -40,7 +48,10 @@ from speech_ed.config import ConfigError, ExperimentConfig, load_config
 from speech_ed.training.budgets import MemorySettings, find_safe_budgets, measure_batches, prepared_run
 
 STRATEGIES = ("random", "1d", "2d-oomptimizer")
-NEVER = 1_000_000_000  # "no limit" for trainer.max_steps and checkpointing
+ABLATIONS = ("1d-sortagrad", "2d-no-sortagrad")
+BUDGET_OF = {"random": "random", "1d": "1d", "2d-oomptimizer": "2d-oomptimizer", "1d-sortagrad": "1d",
+             "2d-no-sortagrad": "2d-oomptimizer"}  # strategy -> the safe setting it trains with
+NEVER = 1_000_000_000  # "no limit" for trainer.max_steps (>= train.UNBOUNDED_STEPS) and checkpointing
 
 
 @dataclass
@@ -62,9 +73,12 @@ class StudySettings:
     """Retrain strategies that already finished with the same settings."""
 
     def validate(self) -> None:
-        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        unknown = sorted(set(self.strategies) - set(STRATEGIES) - set(ABLATIONS))
         if unknown or not self.strategies:
-            raise ConfigError(f"--strategies: unknown {unknown or 'none given'}; choose from {list(STRATEGIES)}")
+            raise ConfigError(f"--strategies: unknown {unknown or 'none given'}; choose from "
+                              f"{list(STRATEGIES + ABLATIONS)}")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"--strategies: {self.strategies} names a strategy twice")
         if self.minutes is None and self.steps is None:
             raise ConfigError("give --minutes (training time per strategy) and/or --steps")
         if self.minutes is not None and self.minutes <= 0 or self.steps is not None and self.steps < 1:
@@ -93,12 +107,19 @@ def strategy_overrides(name: str, base: ExperimentConfig, budgets: dict, setting
         return common + ["data.sampler=dynamic", f"data.max_duration_s={budgets['1d']['max_duration_s']}",
                          f"data.quadratic_duration_s={q if q else 'null'}", "data.bucket_bins=''",
                          "data.bucket_batch_sizes=''"]
-    return common + ["data.sampler=bucket2d", f"data.bucket_bins={prepared.bins}",
-                     f"data.bucket_batch_sizes={budgets['2d-oomptimizer']['file']}", "data.quadratic_duration_s=null"]
+    if name == "1d-sortagrad":
+        q = settings.quadratic_duration_s
+        return common + ["data.sampler=bucket1d", f"data.bucket_bins={prepared.bins}", "data.sortagrad=true",
+                         f"data.max_duration_s={budgets['1d']['max_duration_s']}",
+                         f"data.quadratic_duration_s={q if q else 'null'}", "data.bucket_batch_sizes=''"]
+    two_d = ["data.sampler=bucket2d", f"data.bucket_bins={prepared.bins}",
+             f"data.bucket_batch_sizes={budgets['2d-oomptimizer']['file']}", "data.quadratic_duration_s=null"]
+    return common + two_d + (["data.sortagrad=false"] if name == "2d-no-sortagrad" else [])
 
 
 def batch_setting(name: str, budgets: dict) -> str:
     """One line describing a strategy's batch size rule."""
+    name = BUDGET_OF[name]
     if name == "random":
         return f"max_duration_s {budgets['random']['max_duration_s']:g}"
     if name == "1d":
@@ -185,7 +206,7 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
         extra = strategy_overrides(name, base, budgets, settings)
         cfg = configs[name] = load_config(yaml_paths, user + extra)
         key = {"config": asdict(cfg), "dev": [c.id for c in dev_cuts], "eval_every_s": settings.eval_every_s,
-               "memory": asdict(settings.memory), "budget": budgets[name]}
+               "memory": asdict(settings.memory), "budget": budgets[BUDGET_OF[name]]}
         results[name] = run_strategy(cfg, name, dev_cuts, tokenizer, settings, key, log)
     device = inference_device(base)
     study = {
@@ -194,7 +215,8 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
         "created": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
         "settings": {"minutes": settings.minutes, "steps": settings.steps, "dev_cuts": len(dev_cuts),
                      "eval_every_s": settings.eval_every_s, "quadratic_duration_s": settings.quadratic_duration_s,
-                     "sortagrad": base.data.sortagrad, "num_buckets_1d": base.data.num_buckets},
+                     "sortagrad": {name: configs[name].data.sortagrad for name in settings.strategies},
+                     "num_buckets_1d": base.data.num_buckets},
         "memory": {k: budgets.get(k) for k in ("probe", "device", "memory_gib", "memory_fraction", "limit_gib",
                                                "trials")},
         "budgets": {name: budgets[name] for name in STRATEGIES},

@@ -36,6 +36,8 @@ from speech_ed.models.checkpoint import save_model_file
 from speech_ed.training.callbacks import ThroughputLogger
 from speech_ed.training.module import AEDLightningModule
 
+UNBOUNDED_STEPS = 10**8  # trainer.max_steps at or above this means "no step limit" (time-bounded runs)
+
 
 def tokenizer_path(cfg: ExperimentConfig) -> Path:
     return Path(cfg.tokenizer.path) if cfg.tokenizer.path else cfg.run_dir / "tokenizer" / "tokenizer.model"
@@ -46,7 +48,14 @@ def progress_bar(every_n_steps: int):
     (a bar per step makes a 12-minute run's log tens of thousands of lines)."""
     from lightning.pytorch.callbacks import TQDMProgressBar
 
-    return TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else max(1, every_n_steps))
+    class Bar(TQDMProgressBar):
+        @property
+        def total_train_batches(self):
+            total = super().total_train_batches
+            # a step limit that stands for "none" (runs bounded by time): no total, no absurd ETA
+            return float("inf") if total >= UNBOUNDED_STEPS else total
+
+    return Bar(refresh_rate=1 if sys.stderr.isatty() else max(1, every_n_steps))
 
 
 def build_logger(cfg: ExperimentConfig, run_dir: Path):

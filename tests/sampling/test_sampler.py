@@ -186,16 +186,17 @@ def test_drop_last_drops_and_counts_the_leftovers(data):
     assert sum(map(len, batches)) + sampler.stats["cuts_dropped"] == len(cuts)
 
 
-def test_resume_from_state_dict(data):
+@pytest.mark.parametrize("strategy, epoch", [("2d", 2), ("1d", 0), ("1d", 2), ("random", 1)])
+def test_resume_from_state_dict(data, strategy, epoch):
     cuts, tokens, bins = data
 
-    def make():
-        return BucketingSampler(cuts, num_tokens=lambda c: tokens[c.id], bins=bins, max_duration_s=60.0,
-                                seed=4)
+    def make():  # SortaGrad on: epoch 0 of '1d' goes shortest first
+        return BucketingSampler(cuts, num_tokens=lambda c: tokens[c.id], bins=None if strategy == "random" else bins,
+                                strategy=strategy, max_duration_s=60.0, seed=4, sortagrad=True)
 
-    full, _ = run_epoch(make(), epoch=2)
+    full, _ = run_epoch(make(), epoch=epoch)
     first = make()
-    first.set_epoch(2)
+    first.set_epoch(epoch)
     it = iter(first)
     head = [[c.id for c in next(it)] for _ in range(5)]
     resumed = make()

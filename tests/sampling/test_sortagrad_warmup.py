@@ -92,3 +92,28 @@ def test_restore_inside_the_warmup_epoch_continues_exactly(data, tmp_path):
     resumed.set_epoch(1)
     rest += [[c.id for c in b] for b in resumed]
     assert head + rest == full
+
+
+def test_1d_on_2d_bins_with_sortagrad_batches_by_duration_group_shortest_first(data):
+    """data.sampler=bucket1d (the efficiency study's '1d-sortagrad' ablation): duration groups of the 2D bins,
+    a padding-aware quadratic budget, the shortest group first in epoch 0 only."""
+    cuts, tokens, bins = data
+    by_id = {c.id: c for c in cuts}
+    groups = bins.duration_groups()
+    assigner = BucketAssigner(bins.to_1d())  # duration only: the bucket is the group
+    budget, q = 40.0, 15.0
+    sampler = BucketingSampler(cuts, bins=bins, strategy="1d", max_duration_s=budget, quadratic_duration_s=q,
+                               sortagrad=True, buffer_size=10000, seed=3)
+    first = epoch(sampler, 0)
+    for ids, _ in first:
+        longest = max(by_id[i].duration for i in ids)
+        assert len(ids) * (longest + longest * longest / q) <= budget + 1e-6
+    main = [(ids, b) for ids, b in first if b >= 0]
+    for ids, b in main:  # one duration group per batch, reported as the group's index
+        assert {assigner.assign(by_id[i].duration, 0)[0] for i in ids} == {b}
+    assert [b for _, b in main] == sorted(b for _, b in main) and len({b for _, b in main}) == len(groups)
+    later = [b for _, b in epoch(sampler, 1) if b >= 0]
+    assert later != sorted(later)  # SortaGrad orders the first epoch only
+    dropped = {c.id for c in cuts if assigner.assign(c.duration, 0)[0] < 0}  # longer than the longest group
+    assert sorted(i for ids, _ in first for i in ids) == sorted(c.id for c in cuts if c.id not in dropped)
+    assert sampler.stats["dropped_too_long"] == len(dropped)

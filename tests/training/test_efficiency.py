@@ -100,11 +100,31 @@ def test_efficiency_study_end_to_end(tmp_path, tokenizer, monkeypatch, capsys):
     assert rows == ["| random batching", "| 1D buckets (lhotse) + quadratic penalty", "| 2D buckets + OOMptimizer"]
     assert "![dev WER and loss against training time](efficiency_cpu.png)" in md
 
-    # a second study reuses the probing and the finished runs
+    # a second study reuses the probing and the finished runs, and adds the two ablations
     capsys.readouterr()
-    assert cli_main(_study_args(tmp_path)) == 0
+    ablations = "random,1d,2d-oomptimizer,1d-sortagrad,2d-no-sortagrad"
+    assert cli_main(_study_args(tmp_path, "--strategies", ablations)) == 0
     out = capsys.readouterr().out
     assert "budgets: reusing" in out and out.count("reusing the finished run") == 3
+    study2 = json.loads((run / "efficiency" / "efficiency.json").read_text())
+    runs2 = study2["strategies"]
+    assert {k: r["sampler"] for k, r in runs2.items()} == {
+        "random": "random", "1d": "dynamic", "2d-oomptimizer": "bucket2d", "1d-sortagrad": "bucket1d",
+        "2d-no-sortagrad": "bucket2d"}
+    assert study2["settings"]["sortagrad"]["1d-sortagrad"] is True
+    assert study2["settings"]["sortagrad"]["2d-no-sortagrad"] is False
+    assert study2["budgets"] == study["budgets"]  # the ablations train with the main strategies' settings
+    assert runs2["1d-sortagrad"]["batch_setting"] == runs2["1d"]["batch_setting"]
+    assert runs2["2d-no-sortagrad"]["batch_setting"] == runs2["2d-oomptimizer"]["batch_setting"]
+    for name in ("random", "1d", "2d-oomptimizer"):  # reused as they were
+        assert runs2[name]["curve"] == runs[name]["curve"]
+    assert study2["criteria"] == study["criteria"]  # the criteria compare the main three only
+    assert "audio_per_second_2d_over_1d_sortagrad" in study2["comparisons"]
+    for r in runs2.values():
+        assert r["padded_audio_seconds_per_second"] >= r["audio_seconds_per_second"] > 0
+    md = (tmp_path / "docs" / "EFFICIENCY.md").read_text()
+    assert "| ablation: 1D buckets (speech_ed) + quadratic penalty, SortaGrad |" in md
+    assert "- Ablation, 2D without SortaGrad: final dev WER" in md
 
 
 def test_missing_prepared_run_is_a_clear_error(tmp_path, capsys):
