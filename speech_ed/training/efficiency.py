@@ -215,7 +215,10 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
         "created": datetime.datetime.now().isoformat(timespec="seconds"), "command": command,
         "settings": {"minutes": settings.minutes, "steps": settings.steps, "dev_cuts": len(dev_cuts),
                      "eval_every_s": settings.eval_every_s, "quadratic_duration_s": settings.quadratic_duration_s,
-                     "sortagrad": {name: configs[name].data.sortagrad for name in settings.strategies},
+                     # where SortaGrad took effect: speech_ed's bucketing samplers (random has no buckets to
+                     # order, lhotse's sampler has no SortaGrad)
+                     "sortagrad": {name: configs[name].data.sortagrad and configs[name].data.sampler in
+                                   ("bucket2d", "bucket1d") for name in settings.strategies},
                      "num_buckets_1d": base.data.num_buckets},
         "memory": {k: budgets.get(k) for k in ("probe", "device", "memory_gib", "memory_fraction", "limit_gib",
                                                "trials")},

@@ -54,6 +54,7 @@ def test_comparisons_criteria_and_ablations():
     md = study_markdown(study, "p.png")
     assert "no better than an empty transcript" in md
     assert "SortaGrad (a shortest-first first epoch" in md and "on for random, 1d, 2d-oomptimizer, 1d-sortagrad" in md
+    assert "2D time to 1D's final dev WER / 1D's training time: 1.00 (dev loss: 1.00)" in md
     assert "- Ablation, 2D against 1D with the same SortaGrad curriculum: audio per second 1.20x" in md
     assert "- Ablation, 2D without SortaGrad: final dev WER 98.00 % (with: 40.00 %)" in md
     row = next(line for line in md.splitlines() if line.startswith("| random batching"))
