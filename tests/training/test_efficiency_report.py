@@ -12,7 +12,8 @@ def _run(speed, padding, curve, train_s=100.0):
     return {"audio_seconds_per_second": speed, "input_padding": padding, "output_padding": 0.1, "steps": 10,
             "mean_batch_size": 8.0, "train_seconds": train_s, "eval_seconds": 1.0, "batch_setting": "x",
             "final_dev_wer": curve[-1][1], "final_dev_loss": curve[-1][2],
-            "curve": [{"train_s": t, "dev_wer": w, "dev_loss": loss, "step": i} for i, (t, w, loss) in enumerate(curve)]}
+            "curve": [{"train_s": t, "dev_wer": w, "dev_loss": loss, "step": i}
+                      for i, (t, w, loss) in enumerate(curve)]}
 
 
 def _study(random_final_wer=105.0):
