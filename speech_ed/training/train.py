@@ -43,17 +43,18 @@ def tokenizer_path(cfg: ExperimentConfig) -> Path:
     return Path(cfg.tokenizer.path) if cfg.tokenizer.path else cfg.run_dir / "tokenizer" / "tokenizer.model"
 
 
-def progress_bar(every_n_steps: int):
+def progress_bar(every_n_steps: int, time_bounded: bool = False):
     """Lightning's bar, redrawn every step on a terminal but only every ``every_n_steps`` steps in a log file
-    (a bar per step makes a 12-minute run's log tens of thousands of lines)."""
+    (a bar per step makes a 12-minute run's log tens of thousands of lines). A run with a time limit
+    (``time_bounded``) ends when its clock does, whatever its step limit says, so its bar shows no step total
+    (nor an ETA taken from it); neither does a step limit that stands for "none" (>= UNBOUNDED_STEPS)."""
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     class Bar(TQDMProgressBar):
         @property
         def total_train_batches(self):
             total = super().total_train_batches
-            # a step limit that stands for "none" (runs bounded by time): no total, no absurd ETA
-            return float("inf") if total >= UNBOUNDED_STEPS else total
+            return float("inf") if time_bounded or total >= UNBOUNDED_STEPS else total
 
     return Bar(refresh_rate=1 if sys.stderr.isatty() else max(1, every_n_steps))
 
@@ -146,7 +147,8 @@ def train(cfg: ExperimentConfig, callbacks: tuple = ()) -> Path:
         max_time={"minutes": t.max_time_min} if t.max_time_min else None,
         precision=t.precision, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, logger=build_logger(cfg, run_dir),
-        callbacks=[ThroughputLogger(cfg.model.sample_rate), checkpoint, progress_bar(t.log_every_n_steps),
+        callbacks=[ThroughputLogger(cfg.model.sample_rate), checkpoint,
+                   progress_bar(t.log_every_n_steps, time_bounded=bool(t.max_time_min)),
                    *callbacks],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=t.log_every_n_steps, gradient_clip_val=cfg.optim.grad_clip or None,
