@@ -10,7 +10,8 @@ shared machine between runs shows up as a difference between strategies. Here ev
 (its run's resolved config: sampler, budget or per-bucket sizes, DataLoader workers; the sampler's epoch 1, so
 2D batches are 2D and not SortaGrad's warm-up) train one model in round-robin slices of ``--steps-per-slice``
 steps, and each slice's time is split into waiting for data, encoder forward (frontend, subsampling,
-conformer), decoder forward (projection, decoder, CTC head), loss, backward and optimizer step. The first slice
+conformer; up to the encoder-decoder projection), decoder forward (projection, decoder, CTC head), loss,
+backward and optimizer step. The first slice
 of every strategy is a warm-up and is not counted. Ratios are given per round (the strategies' slices of one
 round ran back to back) as median and range. Prints a Markdown table and writes ``bench_batching.json``.
 """
@@ -62,6 +63,8 @@ def train_slice(strategy: Strategy, model, optimizer, steps: int, cfg) -> dict:
     """``steps`` optimizer steps on the strategy's next batches; seconds per part, audio seconds, cuts."""
     t = dict.fromkeys(PARTS, 0.0)
     audio = padded = cuts = 0.0
+    encoder_done: list[float] = []  # the forward's split: the projection after the encoder starts the decoder side
+    hook = model.projection.register_forward_pre_hook(lambda *_: encoder_done.append(time.perf_counter()))
     sr = cfg.model.sample_rate
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -69,12 +72,8 @@ def train_slice(strategy: Strategy, model, optimizer, steps: int, cfg) -> dict:
         t1 = time.perf_counter()
         tokens_in, targets = split_decoder_io(batch["tokens"], batch["token_lens"])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.trainer.precision.startswith("bf16")):
-            x, lens = model._encode(batch["audio"], batch["audio_lens"])
-            t2 = time.perf_counter()
-            enc = model.projection(x)
-            out = {"logits": model.decoder(tokens_in, enc, lens), "enc_lens": lens,
-                   "ctc_logits": model.ctc(x) if model.ctc is not None else None}
-            t3 = time.perf_counter()
+            out = model(batch["audio"], batch["audio_lens"], tokens_in)
+            t2, t3 = encoder_done[-1], time.perf_counter()
             loss, _ = compute_loss(out, targets, batch["ctc_targets"], batch["ctc_target_lens"],
                                    label_smoothing=cfg.loss.label_smoothing, ctc_weight=cfg.loss.ctc_weight)
         t4 = time.perf_counter()
@@ -89,6 +88,7 @@ def train_slice(strategy: Strategy, model, optimizer, steps: int, cfg) -> dict:
         audio += float(batch["audio_lens"].sum()) / sr
         padded += batch["audio"].shape[0] * batch["audio"].shape[1] / sr
         cuts += batch["audio"].shape[0]
+    hook.remove()
     return {"seconds": t, "audio_s": audio, "padded_s": padded, "cuts": cuts, "steps": steps}
 
 

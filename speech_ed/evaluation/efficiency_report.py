@@ -132,12 +132,7 @@ def ordered_runs(study: dict) -> list[tuple[str, dict]]:
     return [(name, runs[name]) for name in study.get("strategy_order", list(runs)) if name in runs]
 
 
-NEVER = "{:.2f}", "never reached"
-
-
-def _num(x, fmt: str | tuple[str, str] = "{:.2f}") -> str:
-    """``x`` formatted, or a dash (or the text given with the format) when it is None."""
-    fmt, missing = fmt if isinstance(fmt, tuple) else (fmt, "–")
+def _num(x, fmt: str = "{:.2f}", missing: str = "–") -> str:
     return missing if x is None else fmt.format(x)
 
 
@@ -171,8 +166,8 @@ def study_markdown(study: dict, png_name: str) -> str:
                      f"{100 * r['output_padding']:.1f} % | {r['audio_seconds_per_second']:.1f} | "
                      f"{padded_audio_per_second(r):.1f} | {_num(r['final_dev_wer'])} | "
                      f"{_num(r['final_dev_loss'], '{:.3f}')} | "
-                     f"{_num(r['seconds_to_reach_random_final_wer'], ('{:.0f}', 'never'))} | "
-                     f"{_num(r.get('seconds_to_reach_random_final_loss'), ('{:.0f}', 'never'))} | {peak} |")
+                     f"{_num(r['seconds_to_reach_random_final_wer'], '{:.0f}', 'never')} | "
+                     f"{_num(r.get('seconds_to_reach_random_final_loss'), '{:.0f}', 'never')} | {peak} |")
     c, k = study.get("comparisons", {}), study.get("criteria", {})
 
     def verdict(x):
@@ -206,11 +201,8 @@ def study_markdown(study: dict, png_name: str) -> str:
 
 
 def _sortagrad(study: dict) -> str:
-    """Which strategies had SortaGrad (older studies stored one flag that applied to 2D only)."""
-    flag = study["settings"]["sortagrad"]
-    if isinstance(flag, bool):
-        return "yes (2D only)" if flag else "no"
-    on = [name for name, _ in ordered_runs(study) if flag.get(name)]
+    """Which strategies SortaGrad took effect in."""
+    on = [name for name, _ in ordered_runs(study) if study["settings"]["sortagrad"].get(name)]
     return ("on for " + ", ".join(on)) if on else "off for every strategy"
 
 
@@ -224,8 +216,8 @@ def _ablation_lines(study: dict) -> list[str]:
                      f"{_num(c.get('audio_per_second_2d_over_1d_sortagrad'))}x; final dev WER "
                      f"{_num(two_d['final_dev_wer'])} vs {_num(one['final_dev_wer'])} %; 2D time to 1D's final "
                      "dev WER / 1D's training time: "
-                     f"{_num(c.get('time_to_1d_sortagrad_final_wer_2d_over_1d_sortagrad'), NEVER)} (dev loss: "
-                     f"{_num(c.get('time_to_1d_sortagrad_final_loss_2d_over_1d_sortagrad'), NEVER)})")
+                     f"{_num(c.get('time_to_1d_sortagrad_final_wer_2d_over_1d_sortagrad'), missing='never reached')} (dev loss: "
+                     f"{_num(c.get('time_to_1d_sortagrad_final_loss_2d_over_1d_sortagrad'), missing='never reached')})")
     if two_d and "2d-no-sortagrad" in runs:
         off = runs["2d-no-sortagrad"]
         lines.append(f"- Ablation, 2D without SortaGrad: final dev WER {_num(off['final_dev_wer'])} % (with: "

@@ -49,9 +49,14 @@ from speech_ed.training.budgets import MemorySettings, find_safe_budgets, measur
 
 STRATEGIES = ("random", "1d", "2d-oomptimizer")
 ABLATIONS = ("1d-sortagrad", "2d-no-sortagrad")
-BUDGET_OF = {"random": "random", "1d": "1d", "2d-oomptimizer": "2d-oomptimizer", "1d-sortagrad": "1d",
-             "2d-no-sortagrad": "2d-oomptimizer"}  # strategy -> the safe setting it trains with
-NEVER = 1_000_000_000  # "no limit" for trainer.max_steps (>= train.UNBOUNDED_STEPS) and checkpointing
+SETUP = {  # strategy -> (the safe setting it trains with, data.sampler, data.sortagrad; None: the config's)
+    "random": ("random", "random", None),
+    "1d": ("1d", "dynamic", None),
+    "2d-oomptimizer": ("2d-oomptimizer", "bucket2d", None),
+    "1d-sortagrad": ("1d", "bucket1d", True),
+    "2d-no-sortagrad": ("2d-oomptimizer", "bucket2d", False),
+}
+NEVER = 1_000_000_000  # "no limit" for trainer.max_steps and checkpointing
 
 
 @dataclass
@@ -99,27 +104,21 @@ def strategy_overrides(name: str, base: ExperimentConfig, budgets: dict, setting
               f"data.manifest_dir={prepared.manifest_dir}", f"tokenizer.path={prepared.tokenizer}",
               # no cut the budgets were computed on is longer; lets the config check accept any budget above it
               f"data.max_utterance_s={min(base.data.max_utterance_s, longest)}"]
-    if name == "random":
-        return common + ["data.sampler=random", f"data.max_duration_s={budgets['random']['max_duration_s']}",
-                         "data.quadratic_duration_s=null", "data.bucket_bins=''", "data.bucket_batch_sizes=''"]
-    if name == "1d":
-        q = settings.quadratic_duration_s
-        return common + ["data.sampler=dynamic", f"data.max_duration_s={budgets['1d']['max_duration_s']}",
-                         f"data.quadratic_duration_s={q if q else 'null'}", "data.bucket_bins=''",
-                         "data.bucket_batch_sizes=''"]
-    if name == "1d-sortagrad":
-        q = settings.quadratic_duration_s
-        return common + ["data.sampler=bucket1d", f"data.bucket_bins={prepared.bins}", "data.sortagrad=true",
-                         f"data.max_duration_s={budgets['1d']['max_duration_s']}",
-                         f"data.quadratic_duration_s={q if q else 'null'}", "data.bucket_batch_sizes=''"]
-    two_d = ["data.sampler=bucket2d", f"data.bucket_bins={prepared.bins}",
-             f"data.bucket_batch_sizes={budgets['2d-oomptimizer']['file']}", "data.quadratic_duration_s=null"]
-    return common + two_d + (["data.sortagrad=false"] if name == "2d-no-sortagrad" else [])
+    budget, sampler, sortagrad = SETUP[name]
+    if budget == "2d-oomptimizer":
+        batch = [f"data.bucket_batch_sizes={budgets[budget]['file']}", "data.quadratic_duration_s=null"]
+    else:  # a padding-aware max_duration_s; 1D with the study's quadratic penalty
+        q = settings.quadratic_duration_s if budget == "1d" else None
+        batch = [f"data.max_duration_s={budgets[budget]['max_duration_s']}",
+                 f"data.quadratic_duration_s={q if q else 'null'}", "data.bucket_batch_sizes=''"]
+    bins = prepared.bins if sampler in ("bucket1d", "bucket2d") else "''"
+    return (common + [f"data.sampler={sampler}", f"data.bucket_bins={bins}", *batch]
+            + ([] if sortagrad is None else [f"data.sortagrad={str(sortagrad).lower()}"]))
 
 
 def batch_setting(name: str, budgets: dict) -> str:
     """One line describing a strategy's batch size rule."""
-    name = BUDGET_OF[name]
+    name = SETUP[name][0]
     if name == "random":
         return f"max_duration_s {budgets['random']['max_duration_s']:g}"
     if name == "1d":
@@ -206,7 +205,7 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
         extra = strategy_overrides(name, base, budgets, settings)
         cfg = configs[name] = load_config(yaml_paths, user + extra)
         key = {"config": asdict(cfg), "dev": [c.id for c in dev_cuts], "eval_every_s": settings.eval_every_s,
-               "memory": asdict(settings.memory), "budget": budgets[BUDGET_OF[name]]}
+               "memory": asdict(settings.memory), "budget": budgets[SETUP[name][0]]}
         results[name] = run_strategy(cfg, name, dev_cuts, tokenizer, settings, key, log)
     device = inference_device(base)
     study = {

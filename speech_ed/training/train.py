@@ -36,8 +36,6 @@ from speech_ed.models.checkpoint import save_model_file
 from speech_ed.training.callbacks import ThroughputLogger
 from speech_ed.training.module import AEDLightningModule
 
-UNBOUNDED_STEPS = 10**8  # trainer.max_steps at or above this means "no step limit" (time-bounded runs)
-
 
 def tokenizer_path(cfg: ExperimentConfig) -> Path:
     return Path(cfg.tokenizer.path) if cfg.tokenizer.path else cfg.run_dir / "tokenizer" / "tokenizer.model"
@@ -47,14 +45,14 @@ def progress_bar(every_n_steps: int, time_bounded: bool = False):
     """Lightning's bar, redrawn every step on a terminal but only every ``every_n_steps`` steps in a log file
     (a bar per step makes a 12-minute run's log tens of thousands of lines). A run with a time limit
     (``time_bounded``) ends when its clock does, whatever its step limit says, so its bar shows no step total
-    (nor an ETA taken from it); neither does a step limit that stands for "none" (>= UNBOUNDED_STEPS)."""
+    (nor an ETA taken from it)."""
     from lightning.pytorch.callbacks import TQDMProgressBar
 
     class Bar(TQDMProgressBar):
         @property
         def total_train_batches(self):
             total = super().total_train_batches
-            return float("inf") if time_bounded or total >= UNBOUNDED_STEPS else total
+            return float("inf") if time_bounded else total
 
     return Bar(refresh_rate=1 if sys.stderr.isatty() else max(1, every_n_steps))
 
