@@ -37,14 +37,24 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_oomptimizer_common import (  # noqa: E402
+    MemoryModel,
+    calibration_points,
+    cpu_judge,
+    epoch,
+    epoch_summary,
+    epoch_table,
+    largest_safe_budget,
+)
 
 from speech_ed.config import load_model_preset  # noqa: E402
 from speech_ed.data.prompt import PROMPT_LEN  # noqa: E402
 from speech_ed.data.text import normalize_text  # noqa: E402
 from speech_ed.data.tokenizer import Tokenizer  # noqa: E402
-from speech_ed.oomptimizer import (CpuProbe, SimulateProbe, StepSettings, bins_as_pairs,  # noqa: E402
-                                  run_oomptimizer)
-from speech_ed.sampling import Lengths, estimate_bucket_bins, iter_tsv_rows, simulate_epoch  # noqa: E402
+from speech_ed.oomptimizer import CpuProbe, SimulateProbe, StepSettings, bins_as_pairs, run_oomptimizer  # noqa: E402
+from speech_ed.sampling import Lengths, estimate_bucket_bins, iter_tsv_rows  # noqa: E402
 from speech_ed.sampling.io import atomic_write_text  # noqa: E402
 
 GiB = 1 << 30
@@ -70,126 +80,6 @@ def load_lengths(out: Path) -> tuple[Lengths, int]:
     lengths = Lengths(np.array([r["id"] for r in rows]), durations, tokens)
     lengths.save(cache)
     return lengths, tok.vocab_size
-
-
-class MemoryModel:
-    """peak = k0 + n x (a0 + a1 L + a2 L^2 + a3 U + a4 U L + a5 U^2), least squares on measured batches."""
-
-    def __init__(self, points: list[tuple[int, float, int, int]]):
-        x = np.array([self._features(n, d, u) for n, d, u, _ in points])
-        y = np.array([p for *_, p in points], dtype=np.float64)
-        self.coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        rel = np.abs(x @ self.coef - y) / y
-        self.max_rel_error, self.mean_rel_error, self.num_points = float(rel.max()), float(rel.mean()), len(y)
-
-    @staticmethod
-    def _features(n, d, u):
-        n, d, u = (np.asarray(v, dtype=np.float64) for v in (n, d, u))
-        return np.stack([np.ones_like(n), n, n * d, n * d * d, n * u, n * u * d, n * u * u], axis=-1)
-
-    def predict(self, n, d, u) -> np.ndarray:
-        return self._features(n, d, u) @ self.coef
-
-
-def batch_shapes(lengths: Lengths, batches) -> np.ndarray:
-    """(num_batches, 3): size, longest duration, most tokens of each batch."""
-    return np.array([(len(b), lengths.durations[b].max(), lengths.tokens[b].max()) for b in batches])
-
-
-def epoch(lengths, strategy, bins=None, sizes=None, max_duration_s=None, q=None):
-    rep, batches = simulate_epoch(lengths, strategy, bins, batch_sizes=sizes, max_duration_s=max_duration_s,
-                                  quadratic_duration_s=q, strict=False, seed=0)
-    return rep, batch_shapes(lengths, batches)
-
-
-def calibration_points(lengths: Lengths, probe: CpuProbe) -> list[tuple[int, float, int, int]]:
-    """Small measured batches spread over (duration, tokens), low and high tokens at each duration, so the
-    memory model also knows batches that no bucket bound describes."""
-    points = []
-    for d in np.quantile(lengths.durations, [0.0, 0.1, 0.4, 0.7, 0.95, 1.0]):
-        near = lengths.tokens[np.abs(lengths.durations - d) <= max(0.5, 0.05 * d)]
-        for u in (int(np.quantile(near, 0.05)), int(near.max())):
-            for n in (2, 6):
-                points.append((n, float(d), u, probe.measure(n, float(d), u)))
-    return points
-
-
-def guaranteed_safe_budget(lengths: Lengths, q, model: MemoryModel, limit: int) -> float:
-    """Largest max_duration_s for which *any* batch the padding-aware budget allows fits:
-    n = floor(D / eff(L)) cuts padded to the longest L and to the most tokens of any cut not longer than L."""
-    order = np.argsort(lengths.durations, kind="stable")
-    d = lengths.durations[order]
-    u = np.maximum.accumulate(lengths.tokens[order])
-    eff = d + d * d / q if q else d
-
-    def ok(budget):
-        n = np.maximum(np.floor(budget / eff), 1)
-        return bool(model.predict(n, d, u).max() <= limit)
-
-    lo, hi = float(d.max()), 20000.0
-    while hi / lo > 1.001:
-        mid = math.sqrt(lo * hi)
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
-
-
-def largest_safe_budget(lengths, strategy, bins, q, model: MemoryModel, limit: int, probe: CpuProbe) -> dict:
-    """Largest max_duration_s whose epoch never exceeds ``limit``: model-guided, then measured."""
-
-    def worst(d):
-        rep, shapes = epoch(lengths, strategy, bins, max_duration_s=d, q=q)
-        pred = model.predict(shapes[:, 0], shapes[:, 1], shapes[:, 2])
-        return rep, shapes, pred
-
-    lo, hi = float(lengths.durations.max()), 20000.0  # lo: one longest utterance per batch (assumed to fit)
-    for _ in range(30):
-        mid = math.sqrt(lo * hi)
-        if worst(mid)[2].max() <= limit:
-            lo = mid
-        else:
-            hi = mid
-        if hi / lo < 1.002:
-            break
-    d = lo
-    measured = []
-    for _ in range(6):
-        rep, shapes, pred = worst(d)
-        top = np.argsort(-pred)[:3]
-        measured = [(int(shapes[i, 0]), float(shapes[i, 1]), int(shapes[i, 2]), float(pred[i]),
-                     probe.measure(int(shapes[i, 0]), float(shapes[i, 1]), int(shapes[i, 2]))) for i in top]
-        if all(m[-1] <= limit for m in measured):
-            break
-        d *= 0.98
-    _, shapes_up, pred_up = worst(d * 1.05)
-    i = int(np.argmax(pred_up))
-    above = probe.measure(int(shapes_up[i, 0]), float(shapes_up[i, 1]), int(shapes_up[i, 2]))
-    d_any = min(guaranteed_safe_budget(lengths, q, model, limit), d)  # never above what the epoch allows
-    rep_any, _ = epoch(lengths, strategy, bins, max_duration_s=d_any, q=q)
-    return {"any_batch_safe_max_duration_s": round(d_any, 1),
-            "any_batch_safe_mean_batch_size": rep_any["cuts_yielded"] / rep_any["batches"],
-            "strategy": strategy, "quadratic_duration_s": q, "max_duration_s": round(d, 1),
-            "mean_batch_size": rep["cuts_yielded"] / rep["batches"], "batches": rep["batches"],
-            "cuts": rep["cuts_yielded"], "input_padding": rep.get("input_padding"),
-            "top_batches_measured_gib": [[n, dur, u, round(p / GiB, 4), round(m / GiB, 4)]
-                                         for n, dur, u, p, m in measured],
-            "all_fit": all(m[-1] <= limit for m in measured),
-            "plus5pct_top_batch_measured_gib": round(above / GiB, 4), "plus5pct_exceeds": above > limit}
-
-
-def epoch_table(ours_name: str, ours: dict, baselines: list[dict]) -> None:
-    """Print our epoch against each baseline's, and store the ratios in the baseline dicts."""
-    log(f"{'sampler':<34} {'max_duration_s':>14} {'batches':>8} {'mean_bs':>8} {'ratio':>6} {'top3 fit':>8} "
-        f"{'+5% top GiB':>11} {'any-batch-safe D':>16} {'mean_bs':>8} {'ratio':>6}")
-    log(f"{ours_name:<34} {'-':>14} {ours['batches']:>8} {ours['mean_batch_size']:>8.2f} {1.0:>6.2f}")
-    for bl in baselines:
-        name = "no bucketing" if bl["strategy"] == "random" else \
-            "1D x30" + (f" + quadratic {bl['quadratic_duration_s']:g}" if bl["quadratic_duration_s"] else "")
-        bl["ratio_ours_over_this"] = ours["mean_batch_size"] / bl["mean_batch_size"]
-        bl["ratio_ours_over_any_batch_safe"] = ours["mean_batch_size"] / bl["any_batch_safe_mean_batch_size"]
-        log(f"{name:<34} {bl['max_duration_s']:>14.1f} {bl['batches']:>8} {bl['mean_batch_size']:>8.2f} "
-            f"{bl['ratio_ours_over_this']:>6.2f} {bl['all_fit']!s:>8} "
-            f"{bl['plus5pct_top_batch_measured_gib']:>11.3f} {bl['any_batch_safe_max_duration_s']:>16.1f} "
-            f"{bl['any_batch_safe_mean_batch_size']:>8.2f} {bl['ratio_ours_over_any_batch_safe']:>6.2f}")
 
 
 def main() -> int:
@@ -240,19 +130,18 @@ def main() -> int:
         checks.append(row)
 
     # Stage 4: epoch mean batch size.
-    points += calibration_points(lengths, probe)
+    judge = cpu_judge(probe)
+    points += calibration_points(lengths, judge, lambda d, u: [2, 6])
     model = MemoryModel(points)
     log(f"memory model: {model.num_points} points, mean/max relative error {model.mean_rel_error:.3%} / "
         f"{model.max_rel_error:.3%}")
     rep, shapes = epoch(lengths, "2d", bins, sizes=sizes)
     worst = float(model.predict(shapes[:, 0], shapes[:, 1], shapes[:, 2]).max())
-    ours = {"mean_batch_size": rep["cuts_yielded"] / rep["batches"], "batches": rep["batches"],
-            "cuts": rep["cuts_yielded"], "input_padding": rep.get("input_padding"),
-            "max_predicted_gib": round(worst / GiB, 4)}
+    ours = {**epoch_summary(rep), "max_predicted_gib": round(worst / GiB, 4)}
     bins_1d = estimate_bucket_bins(lengths.durations, num_buckets=30, method="equal")
-    baselines = [largest_safe_budget(lengths, "1d", bins_1d, q, model, limit, probe)
+    baselines = [largest_safe_budget(lengths, "1d", bins_1d, q, model, judge)
                  for q in [None, *args.quadratic]]
-    baselines.append(largest_safe_budget(lengths, "random", None, None, model, limit, probe))
+    baselines.append(largest_safe_budget(lengths, "random", None, None, model, judge))
 
     log("\nacceptance: measured peak at the found size B and at 1.1 B (limit %.2f GiB)" % args.budget_gib)
     log(f"{'bucket':>6} {'max_s':>7} {'max_tok':>7} {'B':>5} {'cpu@B':>7} {'sim@B':>7} {'cpu@1.1B':>8} "

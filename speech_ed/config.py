@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from speech_ed.atomic import atomic_write_text
-from speech_ed.models.dims import ModelDims
+from speech_ed.models.dims import ModelDims, check_parity_options
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_PRESET_DIR = CONF_DIR / "model"
@@ -46,7 +46,33 @@ class TokenizerConfig:
 
 
 @dataclass
+class InputConfig:
+    """One training corpus of ``data.inputs``."""
+
+    path: str = ""
+    """A Lhotse cut manifest (``.jsonl[.gz]``), a Lhotse Shar directory or a NeMo JSON-lines manifest."""
+    format: str = "auto"
+    """'auto' (a directory is Shar, a first line with ``audio_filepath`` is NeMo, else Lhotse), 'lhotse', 'shar'
+    or 'nemo'."""
+    name: str = ""
+    """Name in logs and ``train_stats.json``; default: the file or directory name."""
+    weight: Optional[float] = None
+    """Share of this corpus in an epoch's cuts, relative to the others; give it for every input or for none
+    (none: each corpus contributes its own number of cuts, i.e. every cut once per epoch)."""
+    language: Optional[str] = None
+    """Source language of cuts (lines) that carry none."""
+    task: Optional[str] = None
+    """'transcribe' or 'translate', for cuts (lines) that carry none."""
+    target_language: Optional[str] = None
+    """Translation target language, for cuts (lines) that carry none."""
+
+
+@dataclass
 class DataConfig:
+    inputs: list[InputConfig] = field(default_factory=list)
+    """Training corpora mixed by weight (bucketing samplers only); empty: ``<manifest_dir>/cuts_train.jsonl.gz``."""
+    cuts_per_epoch: Optional[int] = None
+    """Cuts in one epoch of the mix; default: all cuts of all inputs once."""
     manifest_dir: str = ""
     """Folder with ``cuts_train.jsonl.gz``, ``cuts_dev.jsonl.gz``, ``cuts_test.jsonl.gz``; empty means
     ``<run_dir>/manifests``."""
@@ -73,7 +99,10 @@ class DataConfig:
     """First epoch runs shortest-first (helps the decoder align early); with 2D bins that epoch batches by
     duration group only (token-homogeneous 2D batches from the first step kept the model on the CTC blank
     plateau), and 2D batches start with the second epoch."""
-    buffer_size: int = 20000
+    buffer_size: Optional[int] = None
+    """Cuts the bucketing sampler buffers (about 100 bytes each, plus the manifest lines of this rank's own);
+    null sizes it from the batch sizes and world size (twice what every rank needs to draw a full batch from
+    one bucket, at least 50,000). A smaller value is warned about at start, naming the size needed."""
     num_workers: int = 1
     """DataLoader worker processes reading audio (soundfile)."""
     min_duration_s: float = 0.3
@@ -130,11 +159,35 @@ class TrainerConfig:
 
 @dataclass
 class EvalConfig:
+    """Decoding of ``speech-ed evaluate`` and the recipes' evaluate stage (docs/DECODING.md)."""
+
     batch_size: int = 64
-    beam_size: int = 1
+    mode: str = "auto"
+    """'auto' (the measured default: 'joint' with a CTC head, else 'attention'), 'attention' (attention decoder
+    alone), 'joint' (attention + CTC prefix scores) or 'ctc' (CTC best path)."""
+    beam_size: int = 4
+    """1: greedy (in 'joint': each token picked by the joint score among ``pre_beam`` candidates). 4 with
+    'joint' and ctc_weight 0.3 was the best setting on the embedded dev split within half of greedy attention's
+    RTFx (docs/DECODING.md)."""
+    ctc_weight: float = 0.3
+    """'joint': weight of the CTC prefix score, in (0, 1)."""
+    pre_beam: int = 0
+    """'joint': attention candidates per hypothesis scored by CTC (0: max(4, 1.5 x beam_size))."""
     length_penalty: float = 1.0
+    penalty_style: str = "gnmt"
+    """Beam search length normalisation: 'gnmt' or 'simple'."""
     max_len_ratio: float = 0.6
     """Decode at most max_len_ratio x encoder frames + 3 tokens."""
+    ctc_length_ratio: float = 0.0
+    """Length guard (CTC head): at most ratio x CTC best-path tokens + 3 (0 = off)."""
+    max_repeats: int = 0
+    """Repetition guard: block a token that repeats the last n-gram more than this many times (0 = off)."""
+    repeat_ngram: int = 4
+    """Longest n-gram the repetition guard checks."""
+    compact: bool = True
+    """Drop finished rows from the decoding batch and its KV caches."""
+    cuda_graph: bool = True
+    """On CUDA, replay the fixed-shape decoder step as a CUDA graph."""
     split: str = "test"
 
 
@@ -271,6 +324,10 @@ def validate_config(cfg: ExperimentConfig) -> None:
         bad("model.decoder_pos", f"must be 'sinusoidal' or 'learned', got {m.decoder_pos!r}")
     if not 0.0 <= m.dropout < 1.0:
         bad("model.dropout", f"must be in [0, 1), got {m.dropout}")
+    try:  # front-end / NeMo-parity options (ModelDims)
+        check_parity_options(m, prefix="model.")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.loss.ctc_weight > 0 and not m.ctc_head:
         bad("loss.ctc_weight", f"is {cfg.loss.ctc_weight} but model.ctc_head is false; set one of them")
     if not 0.0 <= cfg.loss.ctc_weight < 1.0:
@@ -284,6 +341,7 @@ def validate_config(cfg: ExperimentConfig) -> None:
         bad("tokenizer.languages", "must list at least one language")
     if d.sampler not in ("dynamic", "bucket2d", "bucket1d", "random"):
         bad("data.sampler", f"must be 'dynamic', 'bucket2d', 'bucket1d' or 'random', got {d.sampler!r}")
+    _validate_inputs(cfg, bad)
     if d.sampler in ("bucket2d", "bucket1d") and not d.bucket_bins:
         bad("data.bucket_bins", f"data.sampler={d.sampler} needs bucket bins; run `speech-ed estimate-bins` first")
     if d.bucket_batch_sizes and d.sampler != "bucket2d":
@@ -315,6 +373,17 @@ def validate_config(cfg: ExperimentConfig) -> None:
         bad("trainer.resume_from", f"{t.resume_from} does not exist; give a checkpoint file, 'last' or null")
     if cfg.eval.beam_size < 1:
         bad("eval.beam_size", f"must be >= 1, got {cfg.eval.beam_size}")
+    ev = cfg.eval
+    if ev.mode not in ("auto", "attention", "joint", "ctc"):
+        bad("eval.mode", f"must be 'auto', 'attention', 'joint' or 'ctc', got {ev.mode!r}")
+    if ev.mode in ("joint", "ctc") and not m.ctc_head:
+        bad("eval.mode", f"{ev.mode!r} needs model.ctc_head=true; use eval.mode=attention or auto")
+    if not 0.0 < ev.ctc_weight < 1.0:
+        bad("eval.ctc_weight", f"must be in (0, 1), got {ev.ctc_weight}")
+    if ev.penalty_style not in ("gnmt", "simple"):
+        bad("eval.penalty_style", f"must be 'gnmt' or 'simple', got {ev.penalty_style!r}")
+    if ev.max_repeats < 0 or ev.repeat_ngram < 1 or ev.pre_beam < 0 or ev.ctc_length_ratio < 0:
+        bad("eval.max_repeats", "max_repeats, pre_beam and ctc_length_ratio must be >= 0, repeat_ngram >= 1")
     if cfg.oomptimize.probe not in ("auto", "cuda", "simulate", "cpu"):
         bad("oomptimize.probe", f"must be 'auto', 'cuda', 'simulate' or 'cpu', got {cfg.oomptimize.probe!r}")
     if cfg.oomptimize.probe == "cpu" and cfg.oomptimize.memory_budget_gib is None:
@@ -323,6 +392,42 @@ def validate_config(cfg: ExperimentConfig) -> None:
         bad("oomptimize.memory_fraction", f"must be in (0, 1], got {cfg.oomptimize.memory_fraction}")
     if cfg.eval.split not in ("dev", "test"):
         bad("eval.split", f"must be 'dev' or 'test', got {cfg.eval.split!r}")
+
+
+def _validate_inputs(cfg: ExperimentConfig, bad) -> None:
+    d = cfg.data
+    if d.buffer_size is not None and d.buffer_size < 1:
+        bad("data.buffer_size", f"must be >= 1 or null (automatic), got {d.buffer_size}")
+    if d.cuts_per_epoch is not None and d.cuts_per_epoch < 1:
+        bad("data.cuts_per_epoch", f"must be >= 1 or null (all cuts once), got {d.cuts_per_epoch}")
+    if not d.inputs:
+        return
+    if d.sampler == "dynamic":
+        bad("data.inputs", "several weighted inputs need a speech_ed sampler: data.sampler=bucket2d, bucket1d or random")
+    weighted = [i.weight is not None for i in d.inputs]
+    if any(weighted) and not all(weighted):
+        bad("data.inputs", "give a weight for every input or for none (none: each corpus once per epoch)")
+    names = []
+    for k, i in enumerate(d.inputs):
+        where = f"data.inputs[{k}]"
+        if not i.path:
+            bad(f"{where}.path", "is empty; give a manifest file, Shar directory or NeMo manifest")
+        if not Path(i.path).exists():
+            bad(f"{where}.path", f"{i.path} does not exist")
+        if i.format not in ("auto", "lhotse", "shar", "nemo"):
+            bad(f"{where}.format", f"must be 'auto', 'lhotse', 'shar' or 'nemo', got {i.format!r}")
+        if i.weight is not None and not i.weight > 0:
+            bad(f"{where}.weight", f"must be positive, got {i.weight}")
+        if i.task not in (None, "transcribe", "translate"):
+            bad(f"{where}.task", f"must be 'transcribe', 'translate' or null, got {i.task!r}")
+        for lang_field in ("language", "target_language"):
+            lang = getattr(i, lang_field)
+            if lang is not None and lang not in cfg.tokenizer.languages:
+                bad(f"{where}.{lang_field}", f"{lang!r} is not in tokenizer.languages {list(cfg.tokenizer.languages)}")
+        path = Path(i.path)
+        names.append(i.name or (path.name if path.is_dir() else path.name.split(".")[0]))
+    if len(set(names)) != len(names):
+        bad("data.inputs", f"inputs need distinct names, got {names}; set data.inputs[k].name")
 
 
 def save_config(cfg: ExperimentConfig, path: str | os.PathLike) -> None:

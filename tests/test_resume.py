@@ -53,8 +53,9 @@ def _index_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(stream_module, "MIN_INDEXED_BYTES", 0)  # index even these small manifests
 
 
-def _sampler(path, tokens, bins, world_size=1, rank=0):
-    return BucketingSampler(open_manifest(path), num_tokens=lambda c: tokens[c.id], bins=bins, strict=False,
+def _sampler(path, tokens, bins, world_size=1, rank=0, sources=None):
+    cuts = open_manifest(path) if sources is None else None
+    return BucketingSampler(cuts, num_tokens=lambda c: tokens[c.id], bins=bins, strict=False, sources=sources,
                             max_duration_s=60.0, buffer_size=200, seed=7, world_size=world_size, rank=rank)
 
 
@@ -115,32 +116,53 @@ def test_state_from_another_world_size_or_seed_is_refused(lazy_data):
         _sampler(folder / "cuts.jsonl.gz", tokens, bins).load_state_dict(state)
 
 
-def test_restore_never_reads_the_manifest_before_its_position(lazy_data, tmp_path):
-    folder, tokens, bins = lazy_data
-    manifest = tmp_path / "cuts.jsonl"
-    manifest.write_bytes((folder / "cuts.jsonl").read_bytes())
-    full = _run(_sampler(manifest, tokens, bins), [0])
-    first = _sampler(manifest, tokens, bins)
-    first.set_epoch(0)
-    it = iter(first)
-    for _ in range(12):
-        next(it)
-    state = first.state_dict()
-    _, line_no, offset = state["position"]
-    lines = manifest.read_bytes().split(b"\n")
-    garbage = [b"#" * len(x) for x in lines[:line_no]]  # same byte length: later offsets stay valid
-    manifest.write_bytes(b"\n".join(garbage + lines[line_no:]))
-    resumed = _sampler(manifest, tokens, bins)
-    resumed.load_state_dict(state)
-    assert [(0, [c.id for c in b]) for b in resumed] == full[12:]
+def _needed_records(state, rank):
+    """Records (manifest lines) a restore of ``rank`` may read: its buffered and pending cuts, and those after
+    the stream position (a single .jsonl source in file order: position p is record p)."""
+    from speech_ed.sampling.state import unpack_batches, unpack_steps
+
+    W = state["world_size"]
+    queues = unpack_batches(state["planner"]["queues"])
+    keys = {it[0] for i, q in enumerate(queues) if i % W == rank for it in q}
+    for step in unpack_steps(state["pending"]):
+        keys.update(it[0] for it in step.batches[rank])
+    return keys, state["position"]
 
 
-def test_gzip_restore_decodes_a_bounded_number_of_lines(lazy_data, tmp_path, monkeypatch):
-    """Early and late positions: the lines decoded before the first restored batch do not grow."""
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_restore_reads_only_this_ranks_buffered_lines(lazy_data, tmp_path, world_size):
+    """Every line that is neither buffered for this rank nor after the position is overwritten with garbage
+    before the restore: the resumed epoch is still exact, so the restore never read one of them."""
     folder, tokens, bins = lazy_data
-    decoded = []
-    real = stream_module.deserialize_item
-    monkeypatch.setattr(stream_module, "deserialize_item", lambda d: decoded.append(1) or real(d))
+    for rank in range(world_size):
+        manifest = tmp_path / f"cuts{rank}.jsonl"
+        manifest.write_bytes((folder / "cuts.jsonl").read_bytes())
+        full = _run(_sampler(manifest, tokens, bins, world_size, rank), [0])
+        first = _sampler(manifest, tokens, bins, world_size, rank)
+        first.set_epoch(0)
+        it = iter(first)
+        for _ in range(6):
+            next(it)
+        state = first.state_dict()
+        keep, position = _needed_records(state, rank)
+        assert 0 < position < 400
+        lines = manifest.read_bytes().split(b"\n")
+        lines = [x if (i in keep or i >= position) else b"#" * len(x) for i, x in enumerate(lines)]
+        manifest.write_bytes(b"\n".join(lines))  # same byte lengths: the index offsets stay valid
+        resumed = _sampler(manifest, tokens, bins, world_size, rank, sources=first.sources)  # same index
+        resumed.load_state_dict(state)
+        assert [(0, [c.id for c in b]) for b in resumed] == full[6:]
+
+
+def test_gzip_restore_reads_a_bounded_number_of_lines(lazy_data, tmp_path, monkeypatch):
+    """Early and late positions: a restore reads the lines of its own buffered cuts only (never the epoch up
+    to the position), through the gzip seek index."""
+    from speech_ed.sampling import sources as sources_module
+
+    folder, tokens, bins = lazy_data
+    read = []
+    real = sources_module.LineReader.get
+    monkeypatch.setattr(sources_module.LineReader, "get", lambda self, i: read.append(i) or real(self, i))
     counts = []
     for k in (2, 30):
         first = _sampler(folder / "cuts.jsonl.gz", tokens, bins)
@@ -149,13 +171,15 @@ def test_gzip_restore_decodes_a_bounded_number_of_lines(lazy_data, tmp_path, mon
         for _ in range(k):
             next(it)
         state = first.state_dict()
+        keep, _ = _needed_records(state, 0)
         resumed = _sampler(folder / "cuts.jsonl.gz", tokens, bins)
-        decoded.clear()
         resumed.load_state_dict(state)
-        next(iter(resumed))
-        counts.append(len(decoded))
+        read.clear()
+        iter(resumed)
+        counts.append(len(read))
+        assert set(read) == keep  # exactly the buffered cuts of this rank, nothing before the position
     assert gzip_index_path(folder / "cuts.jsonl.gz").is_file()
-    assert max(counts) <= 40, counts  # at most one refill of the buffer, never the lines before the position
+    assert max(counts) <= 200, counts  # at most the buffer
 
 
 # ---------------------------------------------------------------------------------------------- training level
@@ -231,6 +255,25 @@ def _launch(tmp_path, name, overrides, record_dir, kill_after_step=None, timeout
 
 def _records(folder, rank):
     return [json.loads(line) for line in (Path(folder) / f"rank{rank}.jsonl").read_text().splitlines()]
+
+
+def test_a_sampler_state_of_the_older_format_resumes_training_with_a_fresh_epoch(train_data, tokenizer, tmp_path):
+    """Checkpoints written before the scale-correct sampler: weights resume, the epoch restarts (warned)."""
+    from speech_ed.config import load_config
+    from speech_ed.data.datamodule import AEDDataModule
+
+    folder, _ = train_data
+    cfg = load_config([], ["model_preset=tiny", f"exp_dir={tmp_path}", f"data.manifest_dir={folder}",
+                           f"tokenizer.path={tokenizer.model_path}", "tokenizer.languages=[en,es,it]",
+                           "prepare.languages=[es,it]", "data.sampler=random", "data.max_duration_s=3",
+                           "data.max_utterance_s=2", "data.num_workers=0"])
+    dm = AEDDataModule(cfg, tokenizer)
+    old = {"epoch": 3, "world_size": 1, "rank": 0, "seed": 0, "strategy": "random", "kind": "jsonl",
+           "position": [0, 5, 100], "planner": {"buckets": [[]]}, "pending": [], "steps_done": 5}
+    dm.load_state_dict({"sampler": old, "filter_rejected": {}})
+    with pytest.warns(UserWarning, match="older speech_ed: training resumes"):
+        dm.train_dataloader()
+    assert dm.sampler.epoch == 3 and dm.sampler.steps_done == 0
 
 
 @pytest.mark.parametrize("devices, max_steps, kill_at", [(1, 10, 4), (2, 7, 3)], ids=["1proc", "ddp2"])

@@ -23,6 +23,7 @@ fits the decoder's positions. Audio is the cut's recording when it has one, othe
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -66,6 +67,10 @@ def add_arguments(parser):
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="ModelDims overrides applied to every preset, e.g. subsampling_channels=256")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-compact", action="store_true",
+                        help="keep finished rows in the decoding batch (the decoder before compaction)")
+    parser.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=True,
+                        help="on CUDA, replay the static decoder step as a CUDA graph (default on)")
 
 
 def load_utterances(args) -> list[Utterance]:
@@ -139,32 +144,24 @@ def batch_audio(batch: list[Utterance], sample_rate: int, seed: int) -> tuple[to
     return audio, lens
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def run_pass(model, batches, args, use_cache: bool, max_tokens: int) -> dict:
-    """Encode and decode every batch once; returns summed seconds and output tokens."""
-    from speech_ed.models import greedy_decode
+    """Encode and decode every batch once (the evaluation decode path); returns summed seconds and tokens."""
+    from speech_ed.evaluation.decoding import decode_audio
+    from speech_ed.models.decoding import DecodeOptions
 
+    options = DecodeOptions(mode="attention", use_cache=use_cache, compact=not args.no_compact,
+                            cuda_graph=args.cuda_graph)
     enc_s = dec_s = 0.0
     tokens = 0
     for bi, batch in enumerate(batches):
         audio, lens = batch_audio(batch, model.dims.sample_rate, args.seed + bi)
         force = torch.tensor([min(u.num_tokens, max_tokens) for u in batch])
         prompt = torch.full((len(batch), PROMPT_LEN), 1, dtype=torch.long)
-        _sync(args.device)
-        t0 = time.perf_counter()
-        enc, enc_lens = model.encode(audio.to(args.device), lens.to(args.device))
-        _sync(args.device)
-        t1 = time.perf_counter()
-        hyps = greedy_decode(model, enc, enc_lens, prompt.to(args.device), eos_id=2, use_cache=use_cache,
-                             force_lengths=force.to(args.device))
-        _sync(args.device)
-        t2 = time.perf_counter()
-        enc_s, dec_s = enc_s + (t1 - t0), dec_s + (t2 - t1)
-        tokens += sum(len(h) for h in hyps)
+        out = decode_audio(model, audio.to(args.device), lens.to(args.device), prompt.to(args.device), eos_id=2,
+                           blank_id=0, options=options, with_ctc=False, force_lengths=force.to(args.device),
+                           timed=True)
+        enc_s, dec_s = enc_s + out.encoder_seconds, dec_s + out.decoder_seconds
+        tokens += sum(len(h) for h in out.hyps)
     return {"encoder_seconds": enc_s, "decoder_seconds": dec_s, "output_tokens": tokens}
 
 

@@ -5,6 +5,8 @@ Usage::
     speech-ed estimate-bins --cuts exp/ls/cuts.jsonl.gz --tokenizer exp/ls/tokenizer \\
         --num-buckets 30 --sub-buckets 5 --out exp/ls/bucket_bins.yaml            # 2D, best of both methods
     speech-ed estimate-bins --cuts ... --tokenizer ... --num-buckets 30 --method equal --out bins_1d.yaml
+    speech-ed estimate-bins --config C.yaml --num-buckets 30 --sub-buckets 5 --out bins.yaml [key=value ...]
+                                        # over one epoch of the config's weighted training mix (data.inputs)
 
 Both estimators run by default ('equal' = the known method, 'dp' = minimum padding); the one with less padding
 is written and the comparison is printed and kept in the YAML. Without ``--max-duration-s`` padding is the
@@ -16,7 +18,6 @@ same count training uses. They are cached per (manifest, tokenizer, prompt) in `
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,12 +30,8 @@ import numpy as np
 from speech_ed.sampling.assignment import BucketAssigner, count_statuses
 from speech_ed.sampling.bins import ESTIMATION_METHODS, BucketBins, estimate_bucket_bins
 from speech_ed.sampling.io import save_bucket_bins
-from speech_ed.sampling.padding import (
-    Lengths,
-    file_digest,
-    lengths_cache_key,
-    simulate_epoch,
-)
+from speech_ed.sampling.lengths import Lengths, file_digest, lengths_cache_key
+from speech_ed.sampling.simulate import simulate_epoch
 
 DEFAULT_CACHE = Path(os.environ.get("SPEECH_ED_CACHE", Path.home() / ".cache" / "speech_ed")) / "lengths"
 
@@ -127,6 +124,12 @@ def estimate(lengths: Lengths, num_buckets: int, sub_buckets: Optional[int], met
 
 def add_arguments(parser):
     add_length_arguments(parser)
+    for action in parser._actions:  # with --config, the manifest and tokenizer come from the config
+        if action.dest in ("cuts", "tokenizer"):
+            action.required = False
+    parser.add_argument("--config", default=None,
+                        help="estimate over one epoch of this config's training mix (data.inputs, weights, skips)")
+    parser.add_argument("overrides", nargs="*", default=[], help="key=value config overrides (with --config)")
     parser.add_argument("--num-buckets", type=int, required=True, help="duration buckets")
     parser.add_argument("--sub-buckets", type=int, default=None,
                         help="token sub-buckets per duration bucket (gives 2D bins)")
@@ -145,28 +148,35 @@ def estimate_to_file(args) -> BucketBins:
     ``args`` carries the command's fields (cuts, tokenizer, pnc, lengths_cache, no_cache, num_buckets,
     sub_buckets, method, tps_sigmas, max_duration_s, out).
     """
-    if args.num_buckets < 1 or (args.sub_buckets is not None and args.sub_buckets < 1):
-        raise ValueError("--num-buckets and --sub-buckets must be >= 1")
     lengths, provenance = load_lengths(args)
+    return estimate_and_save(lengths, provenance, args.num_buckets, args.sub_buckets, args.method,
+                             args.tps_sigmas, args.max_duration_s, args.out)
+
+
+def estimate_and_save(lengths: Lengths, provenance: dict[str, Any], num_buckets: int, sub_buckets: Optional[int],
+                      method: str, tps_sigmas: float, max_duration_s: Optional[float], out) -> BucketBins:
+    """Estimate bins on ``lengths`` with each method, keep the better, write them with their provenance and
+    print the comparison table."""
+    if num_buckets < 1 or (sub_buckets is not None and sub_buckets < 1):
+        raise ValueError("--num-buckets and --sub-buckets must be >= 1")
     start = time.perf_counter()
-    methods = list(ESTIMATION_METHODS) if args.method == "both" else [args.method]
-    bins, rows = estimate(lengths, args.num_buckets, args.sub_buckets, methods, args.tps_sigmas,
-                          args.max_duration_s)
+    methods = list(ESTIMATION_METHODS) if method == "both" else [method]
+    bins, rows = estimate(lengths, num_buckets, sub_buckets, methods, tps_sigmas, max_duration_s)
     chosen = next(r for r in rows if r["method"] == bins.method)
     dropped = chosen["dropped"]
     bins.metadata.update(provenance)
     bins.metadata.update({
         "num_cuts": int(len(lengths)), "hours": round(float(lengths.durations.sum()) / 3600, 3),
-        "requested": {"num_buckets": args.num_buckets, "sub_buckets": args.sub_buckets, "method": args.method,
-                      "tps_sigmas": args.tps_sigmas},
+        "requested": {"num_buckets": num_buckets, "sub_buckets": sub_buckets, "method": method,
+                      "tps_sigmas": tps_sigmas},
         "dropped": dropped,
         "num_dropped": int(sum(dropped.get(k, 0) for k in ("too_long", "too_many_tokens", "tps_outlier"))),
         "padding_bound": {"input": chosen["bound_input_padding"], "output": chosen["bound_output_padding"]},
         "comparison": [{k: v for k, v in r.items() if k != "dropped"} for r in rows],
     })
-    save_bucket_bins(args.out, bins)
+    save_bucket_bins(out, bins)
     print(f"estimate-bins: {len(lengths)} cuts, lengths in {provenance['lengths_seconds']} s "
-          f"({'cached' if provenance['lengths_cached'] else 'measured'}), "
+          f"({ {True: 'cached', False: 'measured', None: 'indexed'}[provenance['lengths_cached']]}), "
           f"estimation in {time.perf_counter() - start:.2f} s")
     print(f"{'method':<8}{'buckets':>8}{'bound in':>10}{'bound out':>10}{'sim in':>9}{'sim out':>9}"
           f"{'batches':>9}")
@@ -179,34 +189,75 @@ def estimate_to_file(args) -> BucketBins:
               f"{pct(r['bound_output_padding']):>10}{pct(r.get('input_padding')):>9}"
               f"{pct(r.get('output_padding')):>9}{r.get('num_batches', '-'):>9}")
     print(f"estimate-bins: kept '{bins.method}' ({bins.num_buckets} buckets, would drop "
-          f"{bins.metadata['num_dropped']} cuts: {dropped or 'none'}) -> {args.out}")
+          f"{bins.metadata['num_dropped']} cuts: {dropped or 'none'}) -> {out}")
     return bins
 
 
+def mix_lengths(cfg, tokenizer) -> tuple[Lengths, dict[str, Any]]:
+    """Lengths of one epoch of the config's training mix (``data.inputs`` with their weights; default the
+    run's ``cuts_train.jsonl.gz``), without the cuts the sampler would skip, and their provenance."""
+    from speech_ed.data.datamodule import training_sources
+    from speech_ed.data.prompt import describe_prompt_format
+    from speech_ed.sampling.index import REASONS
+    from speech_ed.sampling.mix import CorpusMix
+
+    start = time.perf_counter()
+    sources = training_sources(cfg, tokenizer)
+    weights = [i.weight for i in cfg.data.inputs] if cfg.data.inputs and cfg.data.inputs[0].weight else None
+    mix = CorpusMix([s.index for s in sources], weights, cfg.data.cuts_per_epoch)
+    seq = mix.epoch(0, cfg.data.seed, shuffle=False)
+    ok = seq.status == 0
+    lengths = Lengths(np.arange(int(ok.sum())).astype(str), seq.durations[ok], seq.tokens[ok])
+    provenance = {"tokenizer": {"path": str(tokenizer.model_path), "sha256_16": file_digest(tokenizer.model_path),
+                                "vocab_size": tokenizer.vocab_size},
+                  "prompt": describe_prompt_format(cfg.tokenizer.pnc),
+                  "inputs": [{"name": s.name, "cuts": len(s.index), "epoch_cuts": n, "weight": w}
+                             for s, n, w in zip(sources, mix.counts, mix.weights)],
+                  "skipped": {REASONS[int(k)]: int(v) for k, v in zip(*np.unique(seq.status[~ok], return_counts=True))},
+                  "lengths_seconds": round(time.perf_counter() - start, 3), "lengths_cached": None}
+    if len(lengths) == 0:
+        raise ValueError("the training inputs hold no cut that can train")
+    return lengths, provenance
+
+
 def estimate_bins_for_run(cfg, sub_buckets: int | None = None, method: str = "both", tps_sigmas: float = 4.0) -> None:
-    """Recipe stage: 2D bins of ``<run_dir>/manifests/cuts_train.jsonl.gz``, written to ``data.bucket_bins``.
+    """Recipe stage: 2D bins of the run's training mix (see :func:`mix_lengths`), written to ``data.bucket_bins``.
 
     Idempotent: an existing bins file is kept. Duration buckets come from ``cfg.data.num_buckets``, the
     tokenizer from ``cfg.tokenizer.path`` (default ``<run_dir>/tokenizer/tokenizer.model``); methods are
     scored by a simulated epoch under ``cfg.data.max_duration_s``.
     """
+    from speech_ed.data.tokenizer import Tokenizer
+
     out = Path(cfg.data.bucket_bins)
     if out.is_file():
         print(f"estimate-bins: {out} exists, kept")
         return
-    manifests = Path(cfg.data.manifest_dir) if cfg.data.manifest_dir else cfg.run_dir / "manifests"
-    args = argparse.Namespace(
-        cuts=str(manifests / "cuts_train.jsonl.gz"),
-        tokenizer=cfg.tokenizer.path or str(cfg.run_dir / "tokenizer" / "tokenizer.model"),
-        pnc=cfg.tokenizer.pnc, lengths_cache=str(cfg.run_dir / "lengths_cache"), no_cache=False,
-        num_buckets=cfg.data.num_buckets, sub_buckets=sub_buckets or cfg.data.num_sub_buckets, method=method, tps_sigmas=tps_sigmas,
-        max_duration_s=cfg.data.max_duration_s, out=str(out))
-    estimate_to_file(args)
+    tokenizer = Tokenizer.load(cfg.tokenizer.path or cfg.run_dir / "tokenizer" / "tokenizer.model")
+    lengths, provenance = mix_lengths(cfg, tokenizer)
+    estimate_and_save(lengths, provenance, cfg.data.num_buckets, sub_buckets or cfg.data.num_sub_buckets, method,
+                      tps_sigmas, cfg.data.max_duration_s, out)
+
+
+def estimate_for_config(args) -> BucketBins:
+    """``--config``: bins over one epoch of the config's training mix (see :func:`mix_lengths`)."""
+    from speech_ed.config import load_config
+    from speech_ed.data.tokenizer import Tokenizer
+
+    cfg = load_config([args.config], args.overrides)
+    tokenizer = Tokenizer.load(args.tokenizer or cfg.tokenizer.path or cfg.run_dir / "tokenizer" / "tokenizer.model")
+    lengths, provenance = mix_lengths(cfg, tokenizer)
+    return estimate_and_save(lengths, provenance, args.num_buckets, args.sub_buckets, args.method, args.tps_sigmas,
+                             args.max_duration_s, args.out)
 
 
 def main(args) -> int:
     try:
-        estimate_to_file(args)
+        if args.config is None and (args.cuts is None or args.tokenizer is None):
+            raise ValueError("give --cuts and --tokenizer, or --config")
+        if args.overrides and args.config is None:
+            raise ValueError(f"key=value overrides {args.overrides} need --config")
+        estimate_for_config(args) if args.config else estimate_to_file(args)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"estimate-bins: error: {e}", file=sys.stderr)
         return 2

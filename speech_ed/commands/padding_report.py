@@ -28,7 +28,8 @@ import numpy as np
 from speech_ed.commands.estimate_bins import add_length_arguments, load_lengths
 from speech_ed.sampling.bins import ESTIMATION_METHODS, BucketBins, estimate_bucket_bins
 from speech_ed.sampling.io import atomic_write_text, load_bucket_batch_sizes, load_bucket_bins
-from speech_ed.sampling.padding import Lengths, simulate_epoch, simulate_lhotse_dynamic_bucketing
+from speech_ed.sampling.lengths import Lengths
+from speech_ed.sampling.simulate import simulate_epoch, simulate_lhotse_dynamic_bucketing
 
 REPORT_STRATEGIES = ("random", "1d", "2d", "lhotse")
 
@@ -49,7 +50,9 @@ def add_arguments(parser):
                         help="bin estimator (without --bins)")
     parser.add_argument("--lenient", action="store_true", help="promote 2D misfits instead of dropping them")
     parser.add_argument("--world-size", type=int, default=1, help="simulated data-parallel ranks")
-    parser.add_argument("--buffer-size", type=int, default=20000)
+    parser.add_argument("--buffer-size", type=int, default=None,
+                        help="cuts the sampler buffers (default: sized from the batch sizes and world size, as "
+                             "training does)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write the report here")
     parser.add_argument("--plot", default=None, help="PNG: padding per strategy, batch-size histogram")
@@ -87,7 +90,8 @@ def run_strategy(strategy: str, args, lengths: Lengths, bins: Optional[BucketBin
         if args.max_duration_s is None:
             raise ValueError("strategy 'lhotse' needs --max-duration-s")
         report, _ = simulate_lhotse_dynamic_bucketing(lengths, args.max_duration_s, args.num_buckets,
-                                                      args.quadratic_duration_s, args.seed, args.buffer_size)
+                                                      args.quadratic_duration_s, args.seed,
+                                                      args.buffer_size or 20000)
         return report
     batch_sizes = load_bucket_batch_sizes(args.batch_sizes, bins) if args.batch_sizes else None
     report, _ = simulate_epoch(lengths, strategy, bins, batch_sizes, args.max_duration_s,
@@ -100,12 +104,16 @@ def run_strategy(strategy: str, args, lengths: Lengths, bins: Optional[BucketBin
 
 
 def print_table(reports: list[dict[str, Any]]) -> None:
-    print(f"{'strategy':<9}{'buckets':>8}{'batches':>9}{'mean bs':>9}{'input pad':>11}{'output pad':>11}"
-          f"{'dropped':>9}{'seconds':>9}")
+    """One line per strategy; 'mean bs' is per rank, 'forced' counts steps forced partial by a small buffer."""
+    print(f"{'strategy':<9}{'buckets':>8}{'batches':>9}{'steps':>7}{'forced':>7}{'mean bs':>9}{'input pad':>11}"
+          f"{'output pad':>11}{'dropped':>9}{'seconds':>9}")
     for r in reports:
-        print(f"{r['strategy']:<9}{r.get('num_buckets', 1):>8}{r['num_batches']:>9}"
-              f"{r['mean_batch_size']:>9.1f}{100 * r['input_padding']:>10.2f}%"
+        print(f"{r['strategy']:<9}{r.get('num_buckets', 1):>8}{r['num_batches']:>9}{r.get('num_steps', '-'):>7}"
+              f"{r.get('forced_steps', '-'):>7}{r['mean_batch_size']:>9.1f}{100 * r['input_padding']:>10.2f}%"
               f"{100 * r['output_padding']:>10.2f}%{r['cuts_dropped']:>9}{r['seconds']:>9.2f}")
+        if "buffer_size" in r:
+            print(f"{'':<9}world size {r.get('world_size', 1)}, buffer {r['buffer_size']} cuts "
+                  f"(needed {r['needed_buffer_size']})")
 
 
 def plot_reports(reports: list[dict[str, Any]], path: str) -> None:

@@ -1,8 +1,11 @@
-"""LightningDataModule over Lhotse cut manifests and speech_ed's bucketing samplers.
+"""LightningDataModule over training corpora (``data.inputs``) and speech_ed's bucketing samplers.
 
-Cuts that cannot train (no supervision, empty transcript, unknown language or task, too short or too long) are
-removed before sampling by :class:`CountingFilter`, which counts each reason; audio that fails to load is
-counted by the dataset. Both counts reach the training log and ``train_stats.json``.
+Training inputs are Lhotse manifests, Lhotse Shar directories or NeMo manifests, mixed by weight
+(:mod:`speech_ed.data.sources`); without ``data.inputs`` the run's ``manifests/cuts_train.jsonl.gz``. Each input
+is indexed once (lengths, token counts, skip reasons; cached under ``<run_dir>/index_cache``, built in
+``prepare_data`` by one process per node). Cuts that cannot train (no supervision, empty transcript, unknown
+language or task, too short or too long) are skipped by the sampler and counted per corpus; audio that fails
+to load is counted by the dataset. Both counts reach the training log and ``train_stats.json``.
 
 Resume: Lightning stores :meth:`AEDDataModule.state_dict` in every checkpoint. It holds the training sampler's
 state after the last step that training consumed (counted in :meth:`AEDDataModule.on_before_batch_transfer`,
@@ -18,13 +21,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lhotse import CutSet
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
 
 from speech_ed.config import ExperimentConfig
 from speech_ed.data.dataset import AEDDataset
+from speech_ed.data.indexing import problem
 from speech_ed.data.prompt import count_decoder_tokens, cut_target
-from speech_ed.data.tokenizer import TASKS, Tokenizer
+from speech_ed.data.sources import InputSpec, open_sources
+from speech_ed.data.tokenizer import Tokenizer
 from speech_ed.sampling import BucketingSampler
 from speech_ed.sampling.stream import open_manifest
 
@@ -32,7 +36,8 @@ SAMPLER_STRATEGY = {"bucket2d": "2d", "bucket1d": "1d", "random": "random"}  # d
 
 
 class CountingFilter:
-    """Predicate for ``CutSet.filter`` that counts why each rejected cut was rejected."""
+    """Predicate for ``CutSet.filter`` that counts why each rejected cut was rejected (lhotse's sampler; the
+    bucketing samplers read the same reasons from the corpus index)."""
 
     def __init__(self, tokenizer: Tokenizer, min_duration_s: float, max_duration_s: float, pnc: bool = False):
         self.tokenizer, self.pnc = tokenizer, pnc
@@ -48,13 +53,7 @@ class CountingFilter:
             target = cut_target(cut, self.pnc)
         except ValueError:
             return "no_supervision"
-        if not target.text.strip():
-            return "empty_transcript"
-        if not (self.tokenizer.has_language(target.source_lang) and self.tokenizer.has_language(target.target_lang)):
-            return "unknown_language"
-        if target.task not in TASKS:
-            return "unknown_task"
-        return None
+        return problem(target, self.tokenizer)
 
     def __call__(self, cut) -> bool:
         why = self.reason(cut)
@@ -65,6 +64,21 @@ class CountingFilter:
     @property
     def counts(self) -> dict[str, int]:
         return {why: len(ids) for why, ids in sorted(self.rejected.items())}
+
+
+def training_inputs(cfg: ExperimentConfig) -> list[InputSpec]:
+    """``data.inputs`` as :class:`InputSpec` (default: the run's ``cuts_train.jsonl.gz``)."""
+    if not cfg.data.inputs:
+        return [InputSpec(str(manifest_path(cfg, "train")), "lhotse", "train")]
+    return [InputSpec(i.path, i.format, i.name, i.weight, i.language, i.task, i.target_language)
+            for i in cfg.data.inputs]
+
+
+def training_sources(cfg: ExperimentConfig, tokenizer: Tokenizer, num_workers: int | None = None) -> list:
+    """The sampler sources of the training inputs (indexes from ``<run_dir>/index_cache``, built if missing)."""
+    d = cfg.data
+    return open_sources(training_inputs(cfg), tokenizer, cfg.run_dir / "index_cache", cfg.tokenizer.pnc,
+                        d.min_duration_s, d.max_utterance_s, num_workers)
 
 
 def manifest_path(cfg: ExperimentConfig, split: str) -> Path:
@@ -97,37 +111,50 @@ class AEDDataModule(L.LightningDataModule):
     def num_tokens(self, cut) -> int:
         return count_decoder_tokens(cut, self.tokenizer, self.cfg.tokenizer.pnc)
 
-    def build_train_sampler(self, cuts: CutSet):
+    def prepare_data(self) -> None:
+        """Index the training inputs once per node (Lightning calls this on one process per node)."""
+        if self.cfg.data.sampler != "dynamic":
+            training_sources(self.cfg, self.tokenizer)
+
+    def build_train_sampler(self):
         d = self.cfg.data
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
         if d.sampler == "dynamic":
+            cuts = open_manifest(manifest_path(self.cfg, "train")).filter(self.train_filter)
             return DynamicBucketingSampler(cuts, max_duration=d.max_duration_s, num_buckets=d.num_buckets,
                                            quadratic_duration=d.quadratic_duration_s, shuffle=d.shuffle,
-                                           buffer_size=d.buffer_size, seed=d.seed, world_size=world_size,
-                                           rank=rank, drop_last=False)
+                                           buffer_size=d.buffer_size or 20000, seed=d.seed,
+                                           world_size=world_size, rank=rank, drop_last=False)
         from speech_ed.sampling import load_bucket_batch_sizes, load_bucket_bins
 
         bins = load_bucket_bins(d.bucket_bins) if d.bucket_bins else None
         batch_sizes = load_bucket_batch_sizes(d.bucket_batch_sizes, bins) if d.bucket_batch_sizes else None
-        return BucketingSampler(cuts, num_tokens=self.num_tokens, bins=bins,
-                                strategy=SAMPLER_STRATEGY[d.sampler], batch_sizes=batch_sizes,
-                                max_duration_s=d.max_duration_s, quadratic_duration_s=d.quadratic_duration_s,
-                                shuffle=d.shuffle, seed=d.seed, buffer_size=d.buffer_size, world_size=world_size,
-                                rank=rank, sortagrad=d.sortagrad, strict=d.strict_2d)
+        sources = training_sources(self.cfg, self.tokenizer, num_workers=0)
+        weights = [i.weight for i in d.inputs] if d.inputs and d.inputs[0].weight is not None else None
+        sampler = BucketingSampler(sources=sources, weights=weights, cuts_per_epoch=d.cuts_per_epoch, bins=bins,
+                                   strategy=SAMPLER_STRATEGY[d.sampler], batch_sizes=batch_sizes,
+                                   max_duration_s=d.max_duration_s, quadratic_duration_s=d.quadratic_duration_s,
+                                   shuffle=d.shuffle, seed=d.seed, buffer_size=d.buffer_size,
+                                   world_size=world_size, rank=rank, sortagrad=d.sortagrad, strict=d.strict_2d)
+        if rank == 0:
+            print_corpus_table(sampler.corpus_stats(), sampler)
+        return sampler
 
     def train_dataloader(self):
-        cuts = open_manifest(manifest_path(self.cfg, "train"))
-        if self.cfg.data.sampler == "dynamic":
-            cuts = cuts.filter(self.train_filter)
-        self.sampler = self.build_train_sampler(cuts)
-        if self.cfg.data.sampler != "dynamic":
-            self.sampler.filter(self.train_filter)  # counted by the sampler too (dropped_filtered)
+        self.sampler = self.build_train_sampler()
         self._consumed, self._sampler_epoch = 0, None
         restored, self._restored = self._restored, None
         if restored is not None:
-            if restored.get("sampler") is not None and self.cfg.data.sampler != "dynamic":
-                self.sampler.load_state_dict(restored["sampler"])
+            state = restored.get("sampler")
+            if state is not None and self.cfg.data.sampler != "dynamic" and state.get("format", 1) != 2:
+                # written by speech_ed before the scale-correct sampler: the weights, optimiser and step count
+                # still resume; only the interrupted epoch cannot continue batch for batch
+                warnings.warn("the checkpoint's sampler state is from an older speech_ed: training resumes (weights, "
+                              "optimiser, step count), but the interrupted epoch starts again from its beginning")
+                self.sampler.set_epoch(int(state.get("epoch", 0)))
+            elif state is not None and self.cfg.data.sampler != "dynamic":
+                self.sampler.load_state_dict(state)
                 self._consumed, self._sampler_epoch = self.sampler.steps_done, self.sampler.epoch
             elif self.cfg.data.sampler == "dynamic":
                 warnings.warn("data.sampler=dynamic (lhotse) cannot resume mid-epoch: the interrupted epoch "
@@ -165,5 +192,37 @@ class AEDDataModule(L.LightningDataModule):
         self._restored = state_dict
 
     def skip_counts(self) -> dict:
-        """Distinct cuts the training filter removed so far, by reason."""
+        """Distinct cuts that cannot train, by reason: of every corpus (bucketing samplers), or removed by the
+        filter so far (lhotse's sampler)."""
+        if isinstance(self.sampler, BucketingSampler):
+            total: dict[str, int] = {}
+            for src in self.sampler.sources:
+                for why, n in src.index.skipped().items():
+                    total[why] = total.get(why, 0) + n
+            return dict(sorted(total.items()))
         return dict(self.train_filter.counts)
+
+    def corpus_stats(self) -> dict:
+        """Per training corpus: cuts, hours, weight, this epoch's draw and its skips/drops by reason."""
+        return self.sampler.corpus_stats() if isinstance(self.sampler, BucketingSampler) else {}
+
+
+def print_corpus_table(stats: dict, sampler) -> None:
+    """The training corpora, one line each, with what the sampler will do with them (printed at start)."""
+    total = max(sum(row["epoch_cuts"] for row in stats.values()), 1)
+    print(f"{'corpus':<24}{'cuts':>10}{'hours':>10}{'epoch share':>12}{'epoch cuts':>12}{'skipped':>9}{'dropped':>9}")
+    for name, row in stats.items():
+        print(f"{name:<24}{row['cuts']:>10}{row['hours']:>10.1f}{100 * row['epoch_cuts'] / total:>11.1f}%"
+              f"{row['epoch_cuts']:>12}{sum(row['skipped'].values()):>9}{sum(row['dropped'].values()):>9}"
+              + (f"   skipped {row['skipped']}" if row['skipped'] else "")
+              + (f"   dropped {row['dropped']}" if row['dropped'] else ""))
+    planner = sampler.active_plan.planner
+    print(f"sampler: {sampler.strategy}, world size {sampler.world_size}, buffer {planner.buffer_size} cuts "
+          f"(needed {sampler.active_plan.needed_buffer_size()}), {sampler.mix.cuts_per_epoch} cuts per epoch")
+    fill = sampler.bucket_fill()
+    share = fill["share_in_filling_buckets"]
+    print(f"sampler: {fill['buckets_filling_a_step']} of {fill['buckets']} buckets hold a full step for every rank "
+          f"({100 * share:.0f} % of the epoch's cuts)"
+          + ("; the rest is packed across neighbouring buckets at the end of the epoch" if share < 1 else "")
+          + (" -- with this many ranks, fewer buckets (estimate-bins --num-buckets / --sub-buckets) would keep "
+             "more batches within one bucket" if share < 0.5 else ""))

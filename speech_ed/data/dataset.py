@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from speech_ed.data.prompt import PROMPT_LEN, cut_target, decoder_sequence
+from speech_ed.data.sources import resolve_audio
 from speech_ed.data.tokenizer import TASKS, Tokenizer
 
 IGNORE_INDEX = -100
@@ -64,6 +65,7 @@ class AEDDataset(torch.utils.data.Dataset):
                 skipped["unknown_task"] += 1
                 continue
             try:
+                cut = resolve_audio(cut)  # Shar: bytes out of the tar shard; NeMo: open the audio file
                 if cut.sampling_rate != self.sample_rate:
                     cut = cut.resample(self.sample_rate)
                 audio = cut.load_audio()

@@ -8,6 +8,7 @@ Results go to ``<run_dir>/results.json`` and ``<run_dir>/RESULTS.md`` (both writ
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections import Counter, defaultdict
 
@@ -18,7 +19,8 @@ from speech_ed.data.dataset import AEDDataset
 from speech_ed.data.prompt import build_prompt
 from speech_ed.data.text import normalize_text
 from speech_ed.data.tokenizer import Tokenizer
-from speech_ed.models import ctc_greedy_decode, greedy_decode
+from speech_ed.evaluation.decoding import decode_audio
+from speech_ed.models.decoding import DecodeOptions
 
 
 def batches_by_duration(cuts, max_cuts: int, max_duration_s: float):
@@ -34,18 +36,36 @@ def batches_by_duration(cuts, max_cuts: int, max_duration_s: float):
         yield batch
 
 
+def cut_prompt(tokenizer: Tokenizer, cut, pnc: bool) -> list[int]:
+    """The decoder prompt of a cut: its language, target language and task (transcribe by default)."""
+    sup = cut.supervisions[0]
+    custom = sup.custom or {}
+    return build_prompt(tokenizer, sup.language, custom.get("target_language", sup.language),
+                        custom.get("task", "transcribe"), pnc)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 @torch.inference_mode()
 def transcribe_cuts(model, tokenizer: Tokenizer, cuts, batch_size: int = 64, max_duration_s: float = 600.0,
                     beam_size: int = 1, length_penalty: float = 1.0, max_len_ratio: float = 0.6,
-                    pnc: bool = False, dtype: torch.dtype | None = torch.bfloat16, with_ctc: bool = True) -> dict:
+                    pnc: bool = False, dtype: torch.dtype | None = torch.bfloat16, with_ctc: bool = True,
+                    options: DecodeOptions | None = None) -> dict:
     """Decode every cut; returns ``{"rows": [...], "audio_seconds", "wall_seconds", "skipped"}``.
 
     Each row: ``{"id", "language", "ref", "hyp", "hyp_ctc"}`` (texts as the tokenizer decodes them).
+    ``options`` say how to decode (:func:`speech_ed.evaluation.decoding.decode_audio`); without them,
+    attention decoding with ``beam_size``, ``length_penalty`` and ``max_len_ratio``.
     """
+    if options is None:
+        options = DecodeOptions(mode="attention", beam_size=beam_size, length_penalty=length_penalty,
+                                max_len_ratio=max_len_ratio)
     dataset = AEDDataset(tokenizer, pnc=pnc, sample_rate=model.dims.sample_rate if hasattr(model, "dims") else 16000)
     device = next(model.parameters()).device
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None and dtype != torch.float32
-                else contextlib.nullcontext())
     rows, skipped, audio_s = [], Counter(), 0.0
     t0 = time.perf_counter()
     for cuts_batch in batches_by_duration(list(cuts), batch_size, max_duration_s):
@@ -56,29 +76,15 @@ def transcribe_cuts(model, tokenizer: Tokenizer, cuts, batch_size: int = 64, max
         audio, audio_lens = batch["audio"].to(device), batch["audio_lens"].to(device)
         audio_s += audio_lens.sum().item() / dataset.sample_rate
         by_id = {c.id: c for c in cuts_batch}
-        prompts = []
-        for cid in batch["cut_ids"]:
-            sup = by_id[cid].supervisions[0]
-            custom = sup.custom or {}
-            prompts.append(build_prompt(tokenizer, sup.language, custom.get("target_language", sup.language),
-                                        custom.get("task", "transcribe"), pnc))
-        prompt = torch.tensor(prompts, dtype=torch.long, device=device)
-        with autocast:
-            enc, enc_lens, ctc_logits = model.encode_with_ctc(audio, audio_lens)
-            if beam_size > 1:
-                from speech_ed.models import beam_search
-
-                hyps = beam_search(model, enc, enc_lens, prompt, tokenizer.eos_id, beam_size=beam_size,
-                                   length_penalty=length_penalty, max_len_ratio=max_len_ratio)
-            else:
-                hyps = greedy_decode(model, enc, enc_lens, prompt, tokenizer.eos_id, max_len_ratio=max_len_ratio)
-            ctc_hyps = None
-            if with_ctc and ctc_logits is not None:
-                ctc_hyps = ctc_greedy_decode(ctc_logits, enc_lens, blank=tokenizer.pad_id)
+        prompt = torch.tensor([cut_prompt(tokenizer, by_id[cid], pnc) for cid in batch["cut_ids"]],
+                              dtype=torch.long, device=device)
+        with _autocast(device, dtype):
+            out = decode_audio(model, audio, audio_lens, prompt, tokenizer.eos_id, tokenizer.pad_id, options,
+                               with_ctc=with_ctc)
         for i, cid in enumerate(batch["cut_ids"]):
             rows.append({"id": cid, "language": batch["languages"][i], "ref": batch["texts"][i],
-                         "hyp": tokenizer.decode(hyps[i]),
-                         "hyp_ctc": tokenizer.decode(ctc_hyps[i]) if ctc_hyps is not None else None})
+                         "hyp": tokenizer.decode(out.hyps[i]),
+                         "hyp_ctc": tokenizer.decode(out.ctc_hyps[i]) if out.ctc_hyps is not None else None})
     wall = time.perf_counter() - t0
     return {"rows": rows, "audio_seconds": audio_s, "wall_seconds": wall, "skipped": dict(skipped)}
 
@@ -113,7 +119,7 @@ def results_markdown(results: dict) -> str:
              f"{results['audio_seconds']:.0f} s of audio, decoding: {results['decoding']}.", "",
              "| decoder | " + " | ".join(langs) + " | macro | overall |",
              "|---|" + "---|" * (len(langs) + 2),
-             "| attention (WER %) | " + " | ".join(f"{w['per_language'][x]:.2f}" for x in langs)
+             f"| {results['decoding']} (WER %) | " + " | ".join(f"{w['per_language'][x]:.2f}" for x in langs)
              + f" | {w['macro']:.2f} | {w['overall']:.2f} |"]
     if c:
         lines.append("| CTC greedy (WER %) | " + " | ".join(f"{c['per_language'][x]:.2f}" for x in langs)
@@ -126,3 +132,49 @@ def results_markdown(results: dict) -> str:
         lines += ["Examples (reference / hypothesis):", ""]
         lines += [f"- `{e['ref']}` / `{e['hyp']}`" for e in examples]
     return "\n".join(lines) + "\n"
+
+
+def evaluate_split(cfg, model_path=None) -> dict:
+    """Decode ``cfg.eval.split`` with the run's ``model.pt`` as ``cfg.eval`` says; write and return the results.
+
+    Writes ``<run_dir>/results.json``, ``hypotheses.json`` and ``RESULTS.md`` (atomically) and prints the table.
+    """
+    import json
+    import platform
+    from pathlib import Path
+
+    from lhotse import CutSet
+
+    from speech_ed.atomic import atomic_write_json, atomic_write_text
+    from speech_ed.data.datamodule import manifest_path
+    from speech_ed.evaluation.decoding import decode_options
+    from speech_ed.evaluation.model_io import load_for_inference
+
+    run_dir = cfg.run_dir
+    model, tokenizer = load_for_inference(model_path or run_dir / "model.pt")
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    cuts = CutSet.from_file(manifest_path(cfg, cfg.eval.split)).to_eager()
+    e = cfg.eval
+    options = decode_options(e, has_ctc=getattr(model, "ctc", None) is not None)
+    dtype = torch.bfloat16 if cfg.trainer.precision.startswith("bf16") else None
+    out = transcribe_cuts(model, tokenizer, cuts, batch_size=e.batch_size, max_duration_s=cfg.data.max_duration_s * 4,
+                          pnc=cfg.tokenizer.pnc, dtype=dtype, options=options)
+    rows = out["rows"]
+    train_stats_path = Path(run_dir) / "train_stats.json"
+    results = {
+        "recipe": cfg.recipe, "run": cfg.run, "split": e.split, "num_utterances": len(rows),
+        "audio_seconds": round(out["audio_seconds"], 2), "wall_seconds": round(out["wall_seconds"], 2),
+        "rtfx": round(out["audio_seconds"] / max(out["wall_seconds"], 1e-9), 2),
+        "decoding": options.describe(), "decode_options": dataclasses.asdict(options),
+        "device": f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()} threads",
+        "wer": wer_table(rows, "hyp"), "wer_ctc": wer_table(rows, "hyp_ctc"),
+        "skipped": out["skipped"],
+        "train": json.loads(train_stats_path.read_text()) if train_stats_path.is_file() else {},
+        "examples": [{"ref": r["ref"], "hyp": r["hyp"]} for r in rows[:: max(1, len(rows) // 8)][:8]],
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_json(run_dir / "hypotheses.json", rows)
+    atomic_write_text(run_dir / "RESULTS.md", results_markdown(results))
+    print(results_markdown(results))
+    return results

@@ -44,6 +44,7 @@ def evaluate_sets(cfg: ExperimentConfig, sets: dict[str, str | Path],
     """
     from lhotse import CutSet
 
+    from speech_ed.evaluation.decoding import decode_options
     from speech_ed.evaluation.evaluate import transcribe_cuts, wer_table
     from speech_ed.evaluation.model_io import load_for_inference
 
@@ -56,13 +57,13 @@ def evaluate_sets(cfg: ExperimentConfig, sets: dict[str, str | Path],
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     dtype = torch.bfloat16 if cfg.trainer.precision.startswith("bf16") else None
+    options = decode_options(e, has_ctc=getattr(model, "ctc", None) is not None)
     per_set = {}
     for name, path in sets.items():
         cuts = CutSet.from_file(path).to_eager()
         out = transcribe_cuts(model, tokenizer, cuts, batch_size=e.batch_size,
-                              max_duration_s=cfg.data.max_duration_s * 4, beam_size=e.beam_size,
-                              length_penalty=e.length_penalty, max_len_ratio=e.max_len_ratio,
-                              pnc=cfg.tokenizer.pnc, dtype=dtype)
+                              max_duration_s=cfg.data.max_duration_s * 4, pnc=cfg.tokenizer.pnc, dtype=dtype,
+                              options=options)
         rows = out["rows"]
         wer, wer_ctc = wer_table(rows, "hyp"), wer_table(rows, "hyp_ctc")
         per_set[name] = {
@@ -77,7 +78,7 @@ def evaluate_sets(cfg: ExperimentConfig, sets: dict[str, str | Path],
               f"RTFx {per_set[name]['rtfx']}", flush=True)
     train_stats = run_dir / "train_stats.json"
     results = {"recipe": cfg.recipe, "run": cfg.run, "model_preset": cfg.model_preset,
-               "decoding": f"beam {e.beam_size}" if e.beam_size > 1 else "greedy",
+               "decoding": options.describe(),
                "device": describe_device(device), "sets": per_set,
                "train": json.loads(train_stats.read_text()) if train_stats.is_file() else {}}
     atomic_write_json(run_dir / "results.json", results)

@@ -11,14 +11,17 @@ API (shapes: B batch, S samples, T encoder frames, U tokens, V vocab, Dd decoder
     hyps = greedy_decode(model, enc, enc_lens, prompt, eos_id, max_len_ratio=0.6, use_cache=True)
     hyps = beam_search(model, enc, enc_lens, prompt, eos_id, beam_size=4, length_penalty=1.0)
     hyps = ctc_greedy_decode(out["ctc_logits"], enc_lens, blank=0)   # list[list[int]]
+    hyps = decode(model, enc, enc_lens, prompt, eos_id, DecodeOptions(mode="joint", beam_size=4),
+                  ctc_logits=ctc_logits)                 # the one entry point evaluation uses
     count_parameters(model) -> int ; build presets with speech_ed.config.load_model_preset(name)
 """
 
 from speech_ed.models.aed import AEDModel, compute_loss, count_parameters
-from speech_ed.models.decoding import beam_search, ctc_greedy_decode, greedy_decode
+from speech_ed.models.beam import beam_search
+from speech_ed.models.decoding import DecodeOptions, ctc_greedy_decode, decode, greedy_decode
 from speech_ed.models.dims import ModelDims
 
 __all__ = [
-    "AEDModel", "ModelDims", "beam_search", "compute_loss", "count_parameters", "ctc_greedy_decode",
-    "greedy_decode",
+    "AEDModel", "DecodeOptions", "ModelDims", "beam_search", "compute_loss", "count_parameters",
+    "ctc_greedy_decode", "decode", "greedy_decode",
 ]

@@ -12,8 +12,8 @@ from torch import nn
 
 from speech_ed.models.conformer import ConformerEncoder
 from speech_ed.models.decoder import TransformerDecoder
-from speech_ed.models.dims import ModelDims
-from speech_ed.models.frontend import LogMelFrontend, SpecAugment
+from speech_ed.models.dims import ModelDims, check_parity_options
+from speech_ed.models.frontend import LogMelFrontend, SpecAugment, frontend_options
 from speech_ed.models.subsampling import ConvSubsampling
 
 
@@ -35,6 +35,7 @@ def check_dims(dims: ModelDims) -> None:
     for name, ok, why in checks:
         if not ok:
             raise ValueError(f"ModelDims.{name}={getattr(dims, name)!r}: {why}")
+    check_parity_options(dims)
 
 
 def check_audio(audio: torch.Tensor, audio_lens: torch.Tensor) -> None:
@@ -54,7 +55,7 @@ class AEDModel(nn.Module):
         super().__init__()
         check_dims(dims)
         self.dims = dims
-        self.frontend = LogMelFrontend(dims.n_mels, dims.sample_rate)
+        self.frontend = LogMelFrontend(dims.n_mels, dims.sample_rate, **frontend_options(dims))
         self.spec_augment = (
             SpecAugment(dims.freq_masks, dims.freq_mask_width, dims.time_masks, dims.time_mask_ratio)
             if dims.spec_augment else None

@@ -1,7 +1,8 @@
 """(Fast)Conformer encoder: subsampled frames -> contextual frames.
 
 Block (pre-LN, macaron): x + 1/2 FF(x) -> x + MHSA(x) -> x + Conv(x) -> x + 1/2 FF(x) -> LN.
-Conv module: LN, Linear D -> 2D, GLU, depthwise conv (kernel K, zero past each utterance), LN, SiLU, Linear.
+Conv module: LN, Linear D -> 2D, GLU, depthwise conv (kernel K, zero past each utterance), LN (or BatchNorm,
+``ModelDims.conv_norm``), SiLU, Linear.
 Shapes: B batch, T frames after subsampling, D encoder width.
 """
 
@@ -34,16 +35,18 @@ class FeedForward(nn.Module):
 
 
 class ConvModule(nn.Module):
-    """Conformer convolution module with LayerNorm (not BatchNorm) after the depthwise conv."""
+    """Conformer convolution module; LayerNorm after the depthwise conv by default (``norm='layer'``), or
+    BatchNorm (``'batch'``: FastConformer's, whose statistics include padded frames in training)."""
 
-    def __init__(self, dim: int, kernel_size: int, dropout: float):
+    def __init__(self, dim: int, kernel_size: int, dropout: float, norm: str = "layer"):
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"conv_kernel_size must be odd, got {kernel_size}")
         self.norm = nn.LayerNorm(dim)
         self.pointwise_in = nn.Linear(dim, 2 * dim)
         self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.conv_norm = nn.LayerNorm(dim)
+        self.batch_norm = norm == "batch"
+        self.conv_norm = nn.BatchNorm1d(dim) if self.batch_norm else nn.LayerNorm(dim)
         self.pointwise_out = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -51,8 +54,9 @@ class ConvModule(nn.Module):
         """x (B, T, D), pad (B, T, 1) bool True on padded frames -> (B, T, D) without the residual."""
         y = F.glu(self.pointwise_in(self.norm(x)), dim=-1)
         y = y.masked_fill(pad, 0.0)
-        y = self.depthwise(y.transpose(1, 2)).transpose(1, 2)
-        y = self.pointwise_out(F.silu(self.conv_norm(y)))
+        y = self.depthwise(y.transpose(1, 2))  # (B, D, T)
+        y = self.conv_norm(y).transpose(1, 2) if self.batch_norm else self.conv_norm(y.transpose(1, 2))
+        y = self.pointwise_out(F.silu(y))
         return self.dropout(y)
 
 
@@ -67,7 +71,7 @@ class ConformerBlock(nn.Module):
             self.attn = RelPositionMultiHeadAttention(d, dims.num_encoder_heads, p, impl)
         else:
             self.attn = MultiHeadAttention(d, dims.num_encoder_heads, p, impl)
-        self.conv = ConvModule(d, dims.conv_kernel_size, p)
+        self.conv = ConvModule(d, dims.conv_kernel_size, p, dims.conv_norm)
         self.ff2 = FeedForward(d, dims.encoder_ff_mult, p)
         self.out_norm = nn.LayerNorm(d)
         self.dropout = nn.Dropout(p)
@@ -90,14 +94,15 @@ class ConformerEncoder(nn.Module):
 
     The subsampler output is scaled by sqrt(D) before positions are added (absolute sinusoids for
     ``pos_enc='abs'``; relative sinusoids fed to every attention layer for ``pos_enc='rel'``): without the
-    scaling CTC does not leave its blank plateau (calibration notes).
+    scaling CTC does not leave its blank plateau (calibration notes). ``ModelDims.xscaling=False`` skips it
+    (NeMo's ``xscaling: false``, as in the released Canary configs).
     """
 
     def __init__(self, dims: ModelDims):
         super().__init__()
         self.dim = dims.encoder_dim
         self.pos_enc = dims.pos_enc
-        self.xscale = math.sqrt(dims.encoder_dim)
+        self.xscale = math.sqrt(dims.encoder_dim) if dims.xscaling else None
         self.dropout = nn.Dropout(dims.dropout)
         self.blocks = nn.ModuleList(ConformerBlock(dims) for _ in range(dims.num_encoder_layers))
 
@@ -112,7 +117,8 @@ class ConformerEncoder(nn.Module):
             (B, T, D); values on padded frames are meaningless (mask them).
         """
         b, t, d = x.shape
-        x = x * self.xscale
+        if self.xscale is not None:
+            x = x * self.xscale
         pos_emb = None
         if self.pos_enc == "abs":
             x = x + sinusoids(torch.arange(t, device=x.device), d).to(x.dtype)[None]

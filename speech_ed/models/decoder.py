@@ -83,7 +83,12 @@ class DecoderLayer(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    """Token embedding (std D^-1/2, scaled by sqrt(D)) + positions, pre-LN layers, final LN, output Linear."""
+    """Token embedding (std D^-1/2, scaled by sqrt(D)) + positions, pre-LN layers, final LN, output Linear.
+
+    NeMo's TransformerEmbedding differs, each difference a ModelDims option: no sqrt(D) scaling
+    (``decoder_embed_scale``), sinusoids divided by sqrt(D) (``decoder_pos_scale``), a LayerNorm over the sum
+    (``decoder_embed_norm``) and a bias on the output projection (``output_bias``).
+    """
 
     def __init__(self, dims: ModelDims):
         super().__init__()
@@ -92,17 +97,20 @@ class TransformerDecoder(nn.Module):
         self.max_positions = dims.max_decoder_positions
         self.embed = nn.Embedding(dims.vocab_size, d)
         nn.init.normal_(self.embed.weight, std=d**-0.5)
+        self.embed_scale = math.sqrt(d) if dims.decoder_embed_scale else None
         self.learned_pos = dims.decoder_pos == "learned"
         if self.learned_pos:
             self.pos = nn.Parameter(torch.randn(dims.max_decoder_positions, d) * 0.02)
         else:
-            self.register_buffer(
-                "pos", sinusoids(torch.arange(dims.max_decoder_positions), d), persistent=False
-            )
+            pos = sinusoids(torch.arange(dims.max_decoder_positions), d)
+            if dims.decoder_pos_scale == "inv_sqrt_dim":
+                pos = pos / math.sqrt(d)
+            self.register_buffer("pos", pos, persistent=False)
+        self.embed_norm = nn.LayerNorm(d) if dims.decoder_embed_norm else None
         self.dropout = nn.Dropout(dims.dropout)
         self.layers = nn.ModuleList(DecoderLayer(dims) for _ in range(dims.num_decoder_layers))
         self.norm = nn.LayerNorm(d)
-        self.output = nn.Linear(d, dims.vocab_size, bias=False)
+        self.output = nn.Linear(d, dims.vocab_size, bias=dims.output_bias)
         if dims.tie_embeddings:
             self.output.weight = self.embed.weight
 
@@ -126,6 +134,15 @@ class TransformerDecoder(nn.Module):
             self_v=[memory.new_zeros(shape, dtype=dtype) for _ in range(n)],
             cross_k=ks, cross_v=vs, memory_mask=valid[:, None, None, :],
         )
+
+    def embed_tokens(self, tokens: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
+        """Decoder input (B, U, D) for tokens (B, U) whose position embeddings are pos_emb (U, D) (rows of
+        ``self.pos``): token embedding [x sqrt(D)] + positions [-> LayerNorm], as the ModelDims options say."""
+        x = self.embed(tokens)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
+        x = x + pos_emb.to(self.embed.weight.dtype)
+        return self.embed_norm(x) if self.embed_norm is not None else x
 
     def forward(self, tokens, memory=None, memory_lens=None, cache: KVCache | None = None) -> torch.Tensor:
         """Decoder logits.
@@ -154,8 +171,7 @@ class TransformerDecoder(nn.Module):
         if start + u > self.max_positions:
             raise ValueError(f"decoder input reaches position {start + u} > max_decoder_positions="
                              f"{self.max_positions}")
-        x = self.embed(tokens) * math.sqrt(self.dim) + self.pos[start : start + u].to(self.embed.weight.dtype)
-        x = self.dropout(x)
+        x = self.dropout(self.embed_tokens(tokens, self.pos[start : start + u]))
         q_pos = torch.arange(start, start + u, device=tokens.device)
         self_mask = (torch.arange(start + u, device=tokens.device)[None, :] <= q_pos[:, None])[None, None]
         memory_mask = None

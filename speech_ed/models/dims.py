@@ -6,6 +6,16 @@ U tokens, D model width, V vocabulary.
 
 from dataclasses import dataclass
 
+# Values the string options below accept (checked by check_parity_options before any model or data exists).
+CHOICES = {
+    "mel_scale": ("htk", "slaney"),
+    "mel_norm": ("none", "slaney"),
+    "log_guard_type": ("add", "clamp"),
+    "feature_norm": ("per_feature", "per_feature_unbiased", "none"),
+    "conv_norm": ("layer", "batch"),
+    "decoder_pos_scale": ("one", "inv_sqrt_dim"),
+}
+
 
 @dataclass
 class ModelDims:
@@ -54,3 +64,51 @@ class ModelDims:
     attention_impl: str = "auto"
     """'matmul' (plain softmax(QK^T)V: fastest to train on CPU), 'sdpa' (fused kernel) or 'auto' (SDPA on
     CUDA, matmul elsewhere)."""
+
+    # Options that reproduce other implementations exactly (NeMo's Canary: docs/NEMO.md). The defaults are
+    # this project's own choices; speech_ed.nemo sets the NeMo values when it imports a .nemo checkpoint.
+    n_fft: int = 512
+    window_periodic: bool = True
+    """Hann window of the STFT: periodic (torch's default) or symmetric (False: NeMo's preprocessor)."""
+    preemphasis: float = 0.0
+    """x[t] - a x[t-1] before the STFT, samples past each utterance zeroed (NeMo: 0.97); 0 = off."""
+    dither: float = 0.0
+    """Gaussian noise of this std added to the waveform in training only (NeMo: 1e-5); 0 = off."""
+    mel_scale: str = "htk"
+    """Mel filter centres: 'htk' (2595 log10(1 + f/700)) or 'slaney' (librosa's default, NeMo)."""
+    mel_norm: str = "none"
+    """'none' (peak 1 per filter) or 'slaney' (area-normalised filters: librosa norm='slaney', NeMo)."""
+    log_guard: float = 2.0**-24
+    log_guard_type: str = "add"
+    """log(mel + guard) ('add') or log(max(mel, guard)) ('clamp')."""
+    feature_norm: str = "per_feature"
+    """Per utterance and mel bin over the valid frames: 'per_feature' ((x - mean) / sqrt(var + 1e-5), biased
+    variance), 'per_feature_unbiased' ((x - mean) / (std + 1e-5), unbiased std: NeMo) or 'none'."""
+    drop_last_frame: bool = False
+    """Valid frames S // hop instead of S // hop + 1 (NeMo counts one frame fewer; the STFT's last frame is
+    then padding)."""
+    xscaling: bool = True
+    """Multiply the subsampled frames by sqrt(D) before the encoder (NeMo's ``xscaling``)."""
+    conv_norm: str = "layer"
+    """Norm after the Conformer depthwise conv: 'layer' (LayerNorm) or 'batch' (BatchNorm1d, FastConformer)."""
+    decoder_embed_scale: bool = True
+    """Multiply decoder token embeddings by sqrt(D) (False: NeMo)."""
+    decoder_pos_scale: str = "one"
+    """Sinusoidal decoder positions as they are ('one') or divided by sqrt(D) ('inv_sqrt_dim': NeMo)."""
+    decoder_embed_norm: bool = False
+    """LayerNorm over token + position embeddings before the first decoder layer (NeMo)."""
+    output_bias: bool = False
+    """Bias on the decoder's output projection (NeMo's TokenClassifier has one)."""
+
+
+def check_parity_options(dims: ModelDims, prefix: str = "ModelDims.") -> None:
+    """Raise ValueError naming the field when one of the options above has an impossible value."""
+    for name, allowed in CHOICES.items():
+        if getattr(dims, name) not in allowed:
+            raise ValueError(f"{prefix}{name}={getattr(dims, name)!r}: must be one of {allowed}")
+    window = int(0.025 * dims.sample_rate)
+    if dims.n_fft < window:
+        raise ValueError(f"{prefix}n_fft={dims.n_fft}: must be >= the 25 ms window ({window} samples)")
+    if not 0.0 <= dims.preemphasis < 1.0 or dims.dither < 0.0 or dims.log_guard <= 0.0:
+        raise ValueError(f"{prefix}preemphasis must be in [0, 1), dither >= 0 and log_guard > 0 "
+                         f"(got {dims.preemphasis}, {dims.dither}, {dims.log_guard})")

@@ -9,7 +9,8 @@
 * :class:`StorageTracker` (the ``simulate`` probe): a dispatch mode that adds the bytes of every tensor
   storage an operator creates and subtracts them when the storage is freed (a weak reference to the storage
   notices). Under ``FakeTensorMode`` nothing is allocated, so a laptop can trace the step of a model and batch
-  that need 80 GB. It sees only storages that operators return, not scratch memory inside kernels.
+  that need 80 GB. It sees only storages that operators return; scratch memory inside kernels is added by a
+  ``workspace`` function where one is known (:mod:`speech_ed.oomptimizer.cuda_model`).
 
 Shapes: B batch, T frames, V vocabulary, N CTC target tokens.
 """
@@ -63,15 +64,25 @@ class StorageTracker(TorchDispatchMode):
         block_bytes: round every storage up to this many bytes (512 mimics the CUDA caching allocator).
         fake: running under ``FakeTensorMode``.
         limit_bytes: raise :class:`MemoryBudgetExceeded` as soon as the live bytes exceed this.
+        workspace: ``workspace(func, args) -> bytes`` of scratch memory the operator's kernel holds while it
+            runs (on top of its inputs and outputs); counted in the peak, never in ``live``.
+        allocator: a :class:`~speech_ed.oomptimizer.allocator.CachingAllocatorModel` that every storage,
+            scratch buffer and held workspace is also requested from (and returned to), in the order the step
+            makes them, so that it can tell whether the step fits in reserved memory.
     """
 
-    def __init__(self, block_bytes: int = 1, fake: bool = False, limit_bytes: Optional[int] = None):
+    def __init__(self, block_bytes: int = 1, fake: bool = False, limit_bytes: Optional[int] = None,
+                 workspace: Optional[Callable] = None, allocator=None):
         super().__init__()
+        self.allocator = allocator
         self.block_bytes = max(int(block_bytes), 1)
         self.fake = fake
         self.limit_bytes = limit_bytes
+        self.workspace = workspace
         self.live = 0
         self.peak = 0
+        self.workspace_peak = 0
+        """Largest single scratch buffer counted."""
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     def _size(self, nbytes: int) -> int:
@@ -84,6 +95,20 @@ class StorageTracker(TorchDispatchMode):
             if isinstance(t, torch.Tensor):
                 self._add(t.untyped_storage())
 
+    def start_from(self, resident: "StorageTracker") -> None:
+        """Start from what ``resident`` tracks (parameters, optimizer state: live, and already in the
+        allocator model), without counting or allocating it again when an in-place operator returns it."""
+        self.live = self.peak = resident.live
+        for st in resident._seen.keys():
+            self._seen[st] = None
+
+    def hold(self, nbytes: int) -> None:
+        """Count ``nbytes`` held outside any tensor (a library's workspace) as live from now on."""
+        self.live += self._size(nbytes)
+        self.peak = max(self.peak, self.live)
+        if self.allocator is not None:
+            self.allocator.malloc(self._size(nbytes))
+
     def reset_peak(self) -> None:
         self.peak = self.live
 
@@ -91,9 +116,12 @@ class StorageTracker(TorchDispatchMode):
         if st in self._seen:
             return
         n = self._size(st.nbytes())
+        block = self.allocator.malloc(n) if self.allocator is not None else None
 
-        def freed(_ref, n=n):
+        def freed(_ref, n=n, block=block):
             self.live -= n
+            if block is not None:
+                self.allocator.free(block)
 
         self._seen[st] = weakref.ref(st, freed)
         self.live += n
@@ -123,6 +151,12 @@ class StorageTracker(TorchDispatchMode):
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self._add(t.untyped_storage())
+        scratch = self._size(self.workspace(func, args)) if self.workspace is not None else 0
+        if scratch:
+            self.workspace_peak = max(self.workspace_peak, scratch)
+            self.peak = max(self.peak, self.live + scratch)
+            if self.allocator is not None:
+                self.allocator.free(self.allocator.malloc(scratch))
         if self.limit_bytes is not None and self.live > self.limit_bytes:
             raise MemoryBudgetExceeded(f"{self.live / 2**30:.3f} GiB live after {func}, over the limit of "
                                        f"{self.limit_bytes / 2**30:.3f} GiB")

@@ -6,11 +6,10 @@
   in training too.
 * ``cpu``: the step runs on the CPU and the peak bytes held by torch's allocator during the step (plus what
   was resident before it) are compared with the budget (see :mod:`speech_ed.oomptimizer.memory`).
-* ``simulate``: the step is traced with fake tensors; a storage tracker estimates its peak. Nothing is
-  allocated, so batch sizes for an 80 GB GPU can be planned on a laptop. For a GPU target the model is traced
-  with the choices it makes on CUDA (fused attention where ``attention_impl`` is 'auto', multi-tensor AdamW,
-  512-byte allocation granularity); cuDNN/cuBLAS workspaces and fragmentation are not modelled, which is
-  what the memory fraction and the safety margin are for.
+* ``simulate``: the step is traced with fake tensors (:mod:`speech_ed.oomptimizer.simulate`). Nothing is
+  allocated, so batch sizes for an 80 GB GPU can be planned on a laptop. For a GPU target the trace follows
+  CUDA (fused attention, CUDA autocast and dropout, workspaces) and its allocations are replayed through a
+  model of the CUDA caching allocator, so fragmentation is counted too (docs/OOMPTIMIZER.md).
 
 Every probe offers ``trial(batch_size, max_duration_s, max_tokens) -> TrialResult``.
 """
@@ -19,18 +18,24 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
-from torch import nn
 
-from speech_ed.models import AEDModel, ModelDims
-from speech_ed.oomptimizer.memory import (MemoryBudgetExceeded, StorageTracker, allocator_peak_bytes,
-                                          storage_bytes)
-from speech_ed.oomptimizer.step import StepSettings, TrainingStep, build_training_step
+from speech_ed.models import ModelDims
+from speech_ed.oomptimizer.cuda_model import GPU_COMPUTE_CAPABILITY
+from speech_ed.oomptimizer.memory import (
+    MemoryBudgetExceeded,
+    StorageTracker,
+    allocator_peak_bytes,
+    storage_bytes,
+)
+from speech_ed.oomptimizer.simulate import SimulateProbe, build_fake_model
+from speech_ed.oomptimizer.step import StepSettings, build_training_step
+from speech_ed.oomptimizer.trial import GiB, Probe, TrialResult
 
-GiB = 1 << 30
+__all__ = ["GPU_MEMORY_GIB", "PROBES", "CpuProbe", "CudaProbe", "GiB", "Probe", "SimulateProbe",
+           "TrialResult", "build_fake_model", "is_out_of_memory", "make_probe"]
 PROBES = ("cuda", "cpu", "simulate")
 # Approximate memory torch reports for common GPUs (GiB); pass --memory-budget-gib for an exact figure.
 GPU_MEMORY_GIB = {
@@ -43,104 +48,6 @@ GPU_MEMORY_GIB = {
 }
 # Errors that mean "out of memory" even though they are not OutOfMemoryError (NeMo treats cuFFT's the same).
 _OOM_MARKERS = ("out of memory", "CUFFT_INTERNAL_ERROR", "CUBLAS_STATUS_ALLOC_FAILED")
-
-
-@dataclass
-class TrialResult:
-    """One trial of a probe."""
-
-    batch_size: int
-    fits: bool
-    peak_bytes: Optional[int]
-    """Peak memory of the step (None when the step was stopped by running out of memory)."""
-    seconds: float
-    note: str = ""
-
-
-class Probe:
-    """Common interface; see the module docstring."""
-
-    name = "probe"
-
-    def __init__(self, limit_bytes: int, device_name: str):
-        self.limit_bytes = int(limit_bytes)
-        self.device_name = device_name
-
-    def trial(self, batch_size: int, max_duration_s: float, max_tokens: int) -> TrialResult:
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        return {"probe": self.name, "device": self.device_name, "limit_gib": round(self.limit_bytes / GiB, 4)}
-
-
-def build_fake_model(dims: ModelDims, fake_mode) -> AEDModel:
-    """An :class:`AEDModel` whose parameters and buffers are fake CPU tensors of ``fake_mode``.
-
-    The model is built on the meta device (so whatever its constructor does, such as changing memory formats,
-    works), then every tensor is replaced by a fake one with the same size, strides and dtype; tied parameters
-    stay tied.
-    """
-    with torch.device("meta"):
-        model = AEDModel(dims)
-    made: dict[int, torch.Tensor] = {}
-
-    def fake_like(t: torch.Tensor) -> torch.Tensor:
-        if id(t) not in made:
-            with fake_mode:
-                new = torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device="cpu")
-            made[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else new
-        return made[id(t)]
-
-    for m in model.modules():
-        for name, p in m._parameters.items():
-            if p is not None:
-                m._parameters[name] = fake_like(p)
-        for name, b in m._buffers.items():
-            if b is not None:
-                m._buffers[name] = fake_like(b)
-    return model
-
-
-class SimulateProbe(Probe):
-    """Peak memory of the step traced with fake tensors.
-
-    Args:
-        dims: model dimensions (vocab size filled in).
-        settings: step settings.
-        limit_bytes: the memory the batch must fit in.
-        gpu_like: trace with the choices the model and optimizer make on CUDA (see the module docstring).
-        device_name: label for reports.
-    """
-
-    name = "simulate"
-
-    def __init__(self, dims: ModelDims, settings: StepSettings, limit_bytes: int, gpu_like: bool = False,
-                 device_name: str = "simulated cpu"):
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        super().__init__(limit_bytes, device_name)
-        self.gpu_like = gpu_like
-        if gpu_like and dims.attention_impl == "auto":
-            dims = replace(dims, attention_impl="sdpa")  # what 'auto' picks on CUDA
-        self.fake_mode = FakeTensorMode()
-        model = build_fake_model(dims, self.fake_mode)
-        replica = build_fake_model(dims, self.fake_mode) if settings.ddp_copy else None
-        with self.fake_mode:
-            self.step = TrainingStep(model, settings, replica, foreach=gpu_like)
-            self.step.init_optimizer_state()
-
-    def peak_bytes(self, batch_size: int, max_duration_s: float, max_tokens: int) -> int:
-        tracker = StorageTracker(block_bytes=512 if self.gpu_like else 1, fake=True)
-        with self.fake_mode:
-            tracker.track(self.step.resident_tensors())
-            with tracker:
-                self.step(self.step.make_batch(batch_size, max_duration_s, max_tokens))
-        return tracker.peak
-
-    def trial(self, batch_size: int, max_duration_s: float, max_tokens: int) -> TrialResult:
-        t0 = time.perf_counter()
-        peak = self.peak_bytes(batch_size, max_duration_s, max_tokens)
-        return TrialResult(batch_size, peak <= self.limit_bytes, peak, time.perf_counter() - t0)
 
 
 class CpuProbe(Probe):
@@ -300,4 +207,6 @@ def make_probe(kind: str, dims: ModelDims, settings: StepSettings, memory_budget
         return CpuProbe(dims, settings, limit)
     name = f"simulated {target_gpu} ({memory_budget_gib:g} GiB)" if target_gpu else \
         f"simulated cpu ({memory_budget_gib:g} GiB)"
-    return SimulateProbe(dims, settings, limit, gpu_like=target_gpu is not None, device_name=name)
+    capability = GPU_COMPUTE_CAPABILITY.get(target_gpu) if target_gpu else None
+    return SimulateProbe(dims, settings, limit, gpu_like=target_gpu is not None, device_name=name,
+                         capability=capability)

@@ -33,7 +33,6 @@ import yaml
 from speech_ed.atomic import atomic_write_text  # noqa: F401  (re-exported for callers of sampling.io)
 from speech_ed.sampling.bins import BucketBins
 
-
 BINS_FORMAT = "speech_ed.bucket_bins"
 BATCH_SIZES_FORMAT = "speech_ed.bucket_batch_sizes"
 VERSION = 1

@@ -1,24 +1,16 @@
-"""Cut streams that can say where they are and start again from there in constant time.
+"""Manifest files that can be read from any byte offset: the seeks behind the sampler's constant-time restore.
 
-The sampler's checkpoint stores a stream *position*, never the cuts read so far, so restoring does not replay
-the epoch (lhotse 1.x's ``load_state_dict`` does, which users report takes hours on large corpora).
+The sampler's checkpoint stores positions, never the cuts read so far, so restoring does not replay the epoch
+(lhotse 1.x's ``load_state_dict`` does, which users report takes hours on large corpora). A restore reads the
+lines of the cuts the sampler had buffered by their byte offsets (:class:`speech_ed.sampling.sources.LineReader`):
 
-- :class:`JsonlCutReader`: ``.jsonl`` / ``.jsonl.gz`` manifests read line by line. Its position is
-  ``(file, line, byte offset in the uncompressed text)``. A plain ``.jsonl`` seeks directly; a ``.jsonl.gz``
-  seeks through a gzip index (``indexed_gzip``: an access point with a 32 KiB window every 4 MiB), built once
-  per manifest file in one decompression pass and cached under ``$SPEECH_ED_CACHE`` (default
-  ``~/.cache/speech_ed/gzip_index``); a ``.gz`` under 4 MiB is simply decompressed up to the position. A line
-  that is not valid JSON is an error naming the file and line.
-- Eager (in-memory) CutSets: the position is an index into the epoch's order.
-- Any other lazy CutSet: the position is a count of cuts, and restoring skips that many (O(position), with a
-  warning): wrap the manifest in a :class:`JsonlCutReader` to avoid it.
+- a plain ``.jsonl`` seeks directly;
+- a ``.jsonl.gz`` seeks through a gzip index (``indexed_gzip``: an access point with a 32 KiB window every
+  4 MiB), built once per manifest file in one decompression pass and cached under ``$SPEECH_ED_CACHE`` (default
+  ``~/.cache/speech_ed/gzip_index``); a ``.gz`` under 4 MiB is simply decompressed up to the offset.
 
-Usage::
-
-    cuts = CutSet(JsonlCutReader("cuts_train.jsonl.gz"))    # a lazy CutSet like CutSet.from_file
-    cursor = open_stream(cuts).open(order=None, position=None)
-    for cut in cursor: ...; saved = cursor.position
-    cursor = open_stream(cuts).open(order=None, position=saved)   # continues after the same cut
+:class:`JsonlCutReader` / :func:`open_manifest` give a lazy CutSet over such files whose bad lines are errors
+naming the file and line (``CutSet.from_file`` reports neither).
 """
 
 from __future__ import annotations
@@ -28,7 +20,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from lhotse import CutSet
 from lhotse.serialization import decode_json_line, deserialize_item
@@ -166,93 +158,3 @@ class _JsonlCursor:
 def open_manifest(paths) -> CutSet:
     """A lazy CutSet over ``.jsonl[.gz]`` manifests that the sampler can resume in constant time."""
     return CutSet(JsonlCutReader(paths))
-
-
-class CutStream:
-    """One epoch's cuts in order, from a resumable position. Built by :func:`open_stream`."""
-
-    def __init__(self, cuts: CutSet):
-        self.cuts = cuts
-        source = cuts.data
-        self.eager: Optional[list] = None if cuts.is_lazy else list(cuts)
-        self.reader: Optional[JsonlCutReader] = None
-        if isinstance(source, JsonlCutReader):
-            self.reader = source
-        elif cuts.is_lazy and type(source).__name__ == "LazyManifestIterator":
-            path = str(getattr(source, "path", ""))
-            if path.endswith((".jsonl", ".jsonl.gz")):  # CutSet.from_file: read the same file ourselves
-                self.reader = JsonlCutReader(path)
-        self.kind = "eager" if self.eager is not None else "jsonl" if self.reader is not None else "lazy"
-        self._warned = False
-
-    def open(self, order: Optional[Sequence[int]], position: Any = None) -> "_Cursor":
-        """Cuts of the epoch starting after ``position``; ``order`` permutes an eager CutSet."""
-        if self.kind == "eager":
-            return _EagerCursor(self.eager, order, position or 0)
-        if self.kind == "jsonl":
-            return _Cursor(self.reader.cursor(position))
-        return _CountingCursor(self.cuts, position or 0, self)
-
-    def prepare_resume(self) -> None:
-        if self.reader is not None:
-            self.reader.prepare_resume()
-
-
-class _Cursor:
-    def __init__(self, inner: _JsonlCursor):
-        self.inner = inner
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return next(self.inner)
-
-    @property
-    def last_line(self) -> Optional[str]:
-        return self.inner.last_line
-
-    @property
-    def position(self):
-        return list(self.inner.position)
-
-
-class _EagerCursor:
-    def __init__(self, cuts: list, order: Optional[Sequence[int]], position: int):
-        self.cuts, self.order, self.position = cuts, order, int(position)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.position >= len(self.cuts):
-            raise StopIteration
-        i = self.position if self.order is None else int(self.order[self.position])
-        self.position += 1
-        return self.cuts[i]
-
-
-class _CountingCursor:
-    def __init__(self, cuts: CutSet, position: int, stream: CutStream):
-        self.it, self.position = iter(cuts), 0
-        if position and not stream._warned:
-            stream._warned = True
-            warnings.warn("resuming a lazy CutSet that is not a .jsonl[.gz] manifest re-reads "
-                          f"{position} cuts (time grows with the position); open it with "
-                          "speech_ed.sampling.stream.open_manifest to resume in constant time")
-        for _ in range(position):
-            next(self.it)
-            self.position += 1
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        cut = next(self.it)
-        self.position += 1
-        return cut
-
-
-def open_stream(cuts: CutSet) -> CutStream:
-    """Wrap a CutSet for resumable reading (see the module docstring for what each kind costs)."""
-    return CutStream(cuts)

@@ -179,7 +179,8 @@ def train(cfg: ExperimentConfig, callbacks: tuple = ()) -> Path:
                  "skipped_before_sampling": datamodule.skip_counts(),
                  "skipped_at_loading": dict(module.skipped), "unknown_pieces": module.unk_pieces,
                  "non_finite_steps": module.non_finite_steps, "empty_batches": module.empty_batches,
-                 "sampler_stats": dict(getattr(datamodule.sampler, "stats", {}) or {})}
+                 "sampler_stats": dict(getattr(datamodule.sampler, "stats", {}) or {}),
+                 "corpora": datamodule.corpus_stats()}
         atomic_write_json(run_dir / "train_stats.json", stats)
         print("training done:", json.dumps(stats))
     return model_path

@@ -109,3 +109,21 @@ def test_recipe_stage_writes_bins_once(tmp_path, cuts_path, tokenizer):
     mtime = (tmp_path / "bins.yaml").stat().st_mtime_ns
     estimate_bins_for_run(cfg, sub_buckets=2)
     assert (tmp_path / "bins.yaml").stat().st_mtime_ns == mtime
+
+
+def test_padding_report_simulates_many_ranks_and_names_the_buffer(tmp_path, cuts_path, tokenizer, capsys):
+    """docs/SAMPLING.md: `padding-report --world-size W` prints steps, forced steps and the buffer used/needed."""
+    args = common(tmp_path, cuts_path, tokenizer)
+    assert cli(["estimate-bins", *args, "--num-buckets", "3", "--sub-buckets", "2", "--out",
+                str(tmp_path / "bins.yaml")]) == 0
+    assert cli(["padding-report", *args, "--strategy", "2d", "--bins", str(tmp_path / "bins.yaml"),
+                "--max-duration-s", "30", "--world-size", "4", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "world size 4, buffer 300 cuts (needed" in out  # the automatic buffer holds this small epoch
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["forced_steps"] == 0 and report["world_size"] == 4
+    with pytest.warns(UserWarning, match="below the .* cuts needed"):
+        assert cli(["padding-report", *args, "--strategy", "2d", "--bins", str(tmp_path / "bins.yaml"),
+                    "--max-duration-s", "30", "--world-size", "4", "--buffer-size", "20",
+                    "--json", str(tmp_path / "r2.json")]) == 0
+    assert json.loads((tmp_path / "r2.json").read_text())["forced_steps"] > 0

@@ -54,7 +54,7 @@ def test_bad_line_is_named(tmp_path, tokenizer, small_cuts):
     bad = tmp_path / "bad.jsonl.gz"
     with gzip.open(bad, "wt") as f:
         f.write("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"bad\.jsonl\.gz:4: not a valid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl\.gz:4: not a valid cut manifest line"):
         measure_manifest_lengths(bad, tokenizer.model_path, num_workers=0, progress=False)
     nosup = tmp_path / "nosup.jsonl.gz"
     first = next(iter(small_cuts))

@@ -7,7 +7,12 @@ import torch
 
 from speech_ed.config import load_model_preset
 from speech_ed.models import (
-    AEDModel, beam_search, compute_loss, count_parameters, ctc_greedy_decode, greedy_decode,
+    AEDModel,
+    beam_search,
+    compute_loss,
+    count_parameters,
+    ctc_greedy_decode,
+    greedy_decode,
 )
 
 V = 40

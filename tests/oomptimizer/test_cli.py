@@ -41,3 +41,16 @@ def test_oomptimize_cpu_probe(tmp_path, capsys):
     data = yaml.safe_load(out.read_text())
     assert data["probe"] == "cpu" and data["batch_sizes"][0] >= 1
     assert data["peak_memory_gib"][0] <= 0.01 * 0.9
+
+
+def test_oomptimize_simulate_for_a_target_gpu(tmp_path, capsys):
+    """--target-gpu traces the CUDA model and judges trials by the caching-allocator replay."""
+    bins_path, out = tmp_path / "bucket_bins.yaml", tmp_path / "bs.yaml"
+    save_bucket_bins(bins_path, BucketBins([1.0, 2.0], [12, 24]))
+    rc = main(["oomptimize", "--bins", str(bins_path), "--probe", "simulate", "--target-gpu", "a100-40gb",
+               "--memory-budget-gib", "0.1", "--rel-gap", "0.4", "--start-batch-size", "16",
+               "--vocab-size", "64", "--out", str(out), "model_preset=tiny", f"exp_dir={tmp_path}/exp"])
+    assert rc == 0
+    data = yaml.safe_load(out.read_text())
+    assert data["device"].startswith("simulated a100-40gb") and data["max_batch_sizes"][0] >= 1
+    assert all(p <= 0.1 * 0.9 for p in data["peak_memory_gib"])

@@ -6,8 +6,13 @@ import pytest
 import yaml
 
 from speech_ed.config import load_model_preset
-from speech_ed.oomptimizer.io import (bins_as_pairs, check_batch_sizes_match, model_config_hash,
-                                      out_of_memory_advice, save_batch_sizes)
+from speech_ed.oomptimizer.io import (
+    bins_as_pairs,
+    check_batch_sizes_match,
+    model_config_hash,
+    out_of_memory_advice,
+    save_batch_sizes,
+)
 from speech_ed.oomptimizer.probes import Probe, TrialResult
 from speech_ed.oomptimizer.runner import BucketResult, apply_safety_margin
 from speech_ed.sampling.bins import BucketBins

@@ -5,8 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from speech_ed.oomptimizer.memory import (DATA_DEPENDENT_FLOAT, StorageTracker, allocator_peak_bytes,
-                                         storage_bytes)
+from speech_ed.oomptimizer.memory import (
+    DATA_DEPENDENT_FLOAT,
+    StorageTracker,
+    allocator_peak_bytes,
+    storage_bytes,
+)
 
 MB = 1 << 20
 

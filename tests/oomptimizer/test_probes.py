@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from speech_ed.config import load_model_preset
-from speech_ed.oomptimizer.probes import GiB, CpuProbe, SimulateProbe, make_probe
+from speech_ed.oomptimizer.probes import CpuProbe, GiB, SimulateProbe, make_probe
 from speech_ed.oomptimizer.runner import run_oomptimizer
 from speech_ed.oomptimizer.step import StepSettings
 
@@ -93,3 +93,25 @@ def test_cuda_probe_catches_oom_and_keeps_working(dims):
     assert torch.cuda.memory_allocated() <= resident * 1.05 + (1 << 20)  # the failed step freed its tensors
     again = probe.trial(4, 2.0, 24)
     assert again.fits
+
+
+def test_simulate_for_a_gpu_plans_with_its_compute_capability(dims):
+    assert make_probe("simulate", dims, StepSettings(), target_gpu="a100-80gb").capability == (8, 0)
+    assert make_probe("simulate", dims, StepSettings(), target_gpu="h100-80gb").capability == (9, 0)
+
+
+def test_gpu_trials_replay_the_allocator_and_fresh_checks_do_not_depend_on_history(dims):
+    limit = int(0.1 * GiB)
+    probe = SimulateProbe(dims, StepSettings(), limit, gpu_like=True)
+    ok = probe.trial(8, 2.0, 24)
+    assert ok.fits and ok.peak_bytes <= limit and ok.note.startswith("reserved")
+    fits, allocated, reserved = probe.replay(8, 2.0, 24, fresh=True)
+    assert fits and allocated <= reserved <= limit
+    assert allocated >= probe.peak_bytes(8, 2.0, 24)  # blocks are 512-byte multiples, some handed out whole
+    big = probe.trial(20_000, 2.0, 24)
+    assert not big.fits and big.peak_bytes is None and "out of memory" in big.note
+    _, _, reserved_past = probe.replay(20_000, 2.0, 24, fresh=True, to_end=True)
+    assert reserved_past > limit  # run to its end, the step needs more than the limit
+    before = probe.fits(64, 2.0, 24)
+    probe.trial(20_000, 4.0, 48)  # leaves a different cache behind
+    assert probe.fits(64, 2.0, 24) == before

@@ -7,8 +7,8 @@ import pytest
 
 from speech_ed.sampling import (
     BucketBins,
-    estimate_bucket_bins,
     equal_total_bounds,
+    estimate_bucket_bins,
     load_bucket_batch_sizes,
     load_bucket_bins,
     min_padding_bounds,

@@ -3,7 +3,6 @@ bucket; both epochs train on the same cuts and respect per-bucket batch sizes.""
 
 import numpy as np
 import pytest
-
 from lhotse import CutSet
 
 from speech_ed.sampling import BucketAssigner, BucketingSampler, estimate_bucket_bins
