@@ -33,8 +33,8 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from speech_ed.data import espeak_corpus as ec  # noqa: E402
-from speech_ed.data.fortunes import LANGUAGES, load_sentences  # noqa: E402
+from speech_ed.corpora import espeak as ec  # noqa: E402
+from speech_ed.corpora.fortunes import LANGUAGES, load_sentences  # noqa: E402
 
 
 def espeak_sox(u: ec.Utterance) -> bool:

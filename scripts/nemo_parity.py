@@ -19,7 +19,7 @@ Per shape it writes ``OUT/SHAPE/``: ``model.nemo`` (saved by NeMo's ``save_to`` 
 * ``greedy``: what ``model.transcribe`` returns (text and token ids) with the prompt in ``prompt_slots``.
 
 Nothing here is imported by speech_ed; NeMo is never its dependency. Tokenizers are trained here on the Debian
-fortune sentences (speech_ed.data.fortunes), with NeMo's own special-token builder for the aggregate tokenizer.
+fortune sentences (speech_ed.corpora.fortunes), with NeMo's own special-token builder for the aggregate tokenizer.
 Parameters that NeMo initialises to constants (norms, biases, BatchNorm statistics, relative-position biases)
 are perturbed, so a weight mapped to the wrong place cannot go unnoticed.
 """
@@ -40,7 +40,7 @@ import soundfile as sf
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # speech_ed.data.fortunes / espeak_corpus: plain Python, no NeMo
+sys.path.insert(0, str(REPO))  # speech_ed.corpora.fortunes / corpora.espeak: plain Python, no NeMo
 
 from nemo_shapes import SHAPES, UTTERANCES  # scripts/nemo_shapes.py
 
@@ -52,7 +52,7 @@ CANARY2_SPECIALS = [
 
 
 def sentences(lang: str, limit: int = 4000) -> list[str]:
-    from speech_ed.data.fortunes import load_sentences
+    from speech_ed.corpora.fortunes import load_sentences
 
     kept, _ = load_sentences(lang)
     return kept[:limit]
@@ -183,7 +183,7 @@ def perturb_constants(model, generator: torch.Generator) -> int:
 
 
 def synthesize(utterances: list[tuple[str, str]], out_dir: Path) -> list[Path]:
-    from speech_ed.data.espeak_corpus import EspeakCommand, resample_to_16k
+    from speech_ed.corpora.espeak import EspeakCommand, resample_to_16k
 
     out_dir.mkdir(parents=True, exist_ok=True)
     engine, paths = EspeakCommand(), []

@@ -31,12 +31,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "efficiency-study": ("speech_ed.commands.efficiency_study",
                          "train random / 1D / 2D+OOMptimizer batching under one memory budget and report"),
     "slurm": ("speech_ed.commands.slurm", "render (or submit) the SLURM batch script for multi-node training"),
-    "fake-librispeech": ("speech_ed.data.fake_librispeech", "write a tiny LibriSpeech-layout corpus (espeak-ng)"),
+    "fake-librispeech": ("speech_ed.corpora.fake_librispeech", "write a tiny LibriSpeech-layout corpus (espeak-ng)"),
     "wandb-workspace": ("speech_ed.commands.wandb_workspace",
                         "write the W&B padding comparison as a workspace spec (JSON), built offline"),
     "import-nemo": ("speech_ed.commands.import_nemo",
                     "import a NeMo Canary .nemo checkpoint as a model file (or --export one back)"),
-    "pack-run": ("speech_ed.data.pack",
+    "pack-run": ("speech_ed.corpora.pack",
                  "pack part of a prepared run (FLAC, manifests, tokenizer, bins) under a size cap"),
 }
 

@@ -218,7 +218,7 @@ def check_flow(infos: list[dict]) -> None:
 def fake_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("fake_librispeech")
     if shutil.which("espeak-ng") is not None:
-        from speech_ed.data.fake_librispeech import make_fake_librispeech
+        from speech_ed.corpora.fake_librispeech import make_fake_librispeech
 
         make_fake_librispeech(root, {"train-clean-100": 40, "dev-clean": 4, "test-clean": 4}, num_workers=2)
     return root

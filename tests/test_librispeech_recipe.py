@@ -35,7 +35,7 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="esp
 
 @pytest.fixture(scope="module")
 def fake_librispeech(tmp_path_factory) -> Path:
-    from speech_ed.data.fake_librispeech import make_fake_librispeech
+    from speech_ed.corpora.fake_librispeech import make_fake_librispeech
 
     root = tmp_path_factory.mktemp("fake_librispeech")
     make_fake_librispeech(root, {"train-clean-100": 24, "dev-clean": 4, "test-clean": 4}, num_workers=2)

@@ -22,7 +22,7 @@ from speech_ed.recipe import run_recipe
 
 
 def prepare(cfg: ExperimentConfig) -> None:
-    from speech_ed.data.espeak_corpus import prepare_espeak_corpus
+    from speech_ed.corpora.espeak import prepare_espeak_corpus
 
     p = cfg.prepare
     prepare_espeak_corpus(cfg.run_dir / "manifests", languages=tuple(p.languages), num_train=p.num_train,

@@ -11,7 +11,7 @@ Usage::
 Trains each strategy into ``exp/<recipe>/<run>/efficiency/<strategy>/`` (a finished strategy with the same
 settings is reused; ``--force`` retrains), caches the memory probing in ``.../efficiency/budgets.json`` and
 writes ``<report-dir>/EFFICIENCY.md``, ``efficiency.json`` and ``efficiency_<device>.png`` (see
-speech_ed.training.efficiency and speech_ed.training.budgets).
+speech_ed.experiments.efficiency and speech_ed.experiments.budgets).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     from speech_ed.commands.recipe import RECIPES_DIR
-    from speech_ed.training.budgets import MemorySettings
-    from speech_ed.training.efficiency import StudySettings, run_study
+    from speech_ed.experiments.budgets import MemorySettings
+    from speech_ed.experiments.efficiency import StudySettings, run_study
 
     yaml_paths = list(args.config)
     if not yaml_paths:

@@ -26,9 +26,9 @@ def main(args) -> int:
 
     try:
         if args.export:
-            from speech_ed.models.checkpoint import load_model_file
+            from speech_ed.evaluation.model_io import load_model
 
-            model, dims, extra = load_model_file(args.source)
+            model, dims, extra = load_model(args.source)
             export_nemo(model, dims, extra, args.out)
             print(f"import-nemo: wrote {args.out} ({dims_summary(dims)})")
             return 0

@@ -1,8 +1,8 @@
 """Self-contained model files: dimensions, weights and opaque extras (the tokenizer) in one ``torch.save``.
 
 ``speech-ed transcribe --ckpt model.pt`` needs nothing else. Written atomically (temp file, then rename).
-:func:`load_model_file` also reads a NeMo Canary ``.nemo`` archive (converted in memory by
-:mod:`speech_ed.nemo`, which imports no NeMo code), so every command that takes a model file takes one.
+``models/`` imports nothing else of the project: a NeMo ``.nemo`` archive is read by
+:func:`speech_ed.evaluation.model_io.load_model`, which dispatches on the file and calls this for our own format.
 """
 
 from __future__ import annotations
@@ -30,21 +30,13 @@ def save_model_file(path: str | os.PathLike, model: torch.nn.Module, dims: Model
 
 
 def load_model_file(path: str | os.PathLike, map_location: str = "cpu"):
-    """Return ``(model, dims, extra)`` from a file written by :func:`save_model_file` or a ``.nemo`` archive
-    (model in eval mode).
+    """Return ``(model, dims, extra)`` from a file written by :func:`save_model_file` (model in eval mode).
 
     Raises:
-        ValueError: not a model file; for a .nemo, ``speech_ed.nemo.NemoFormatError`` naming what cannot be
-            mapped.
+        ValueError: not a model file.
     """
     from speech_ed.models import AEDModel
-    from speech_ed.nemo.archive import is_nemo_path  # lazily: models/ itself needs only torch
 
-    if is_nemo_path(path):
-        from speech_ed.nemo import load_nemo
-
-        imported = load_nemo(path)
-        return imported.model.to(map_location), imported.dims, imported.extra
     try:
         blob = torch.load(path, map_location=map_location, weights_only=False)
     except FileNotFoundError:

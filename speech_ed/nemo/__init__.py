@@ -7,7 +7,7 @@ API::
     import_nemo("canary.nemo", "model.pt")              # a model file every speech_ed command accepts
     export_nemo(model, dims, extra, "out.nemo")         # back to a .nemo that NeMo restores
 
-``speech_ed.models.checkpoint.load_model_file`` also accepts a ``.nemo`` path directly. Anything the importer
+``speech_ed.evaluation.model_io.load_model`` also accepts a ``.nemo`` path directly. Anything the importer
 cannot map exactly is refused with a :class:`NemoFormatError` naming the config key or tensor.
 """
 

@@ -12,7 +12,7 @@ from test_nemo_parity import FIXTURES, TOL, _reference  # same folder (tests/mod
 from speech_ed.cli import main as cli
 from speech_ed.data.prompt import build_prompt
 from speech_ed.data.tokenizer import CanaryTokenizer, Tokenizer
-from speech_ed.models.checkpoint import load_model_file
+from speech_ed.evaluation.model_io import load_model
 from speech_ed.models.dims import ModelDims, check_parity_options
 from speech_ed.nemo import NemoFormatError, export_nemo, load_nemo, read_nemo, write_nemo
 from speech_ed.nemo.parity import compare
@@ -124,7 +124,7 @@ def test_import_command_then_every_loader(tmp_path, capsys):
     report = compare(model, tokenizer, _reference("tiny_canary"), FIXTURES / "tiny_canary" / "audio")
     assert report.worst() < TOL and report.transcripts_equal
     assert isinstance(Tokenizer.load(tok_dir), CanaryTokenizer)
-    model2, dims, _ = load_model_file(TINY)  # the .nemo itself is accepted wherever a model file is
+    model2, dims, _ = load_model(TINY)  # the .nemo itself is accepted wherever a model file is
     assert dims == model.dims and torch.equal(model2.decoder.embed.weight, model.decoder.embed.weight)
     back = tmp_path / "back.nemo"
     assert cli(["import-nemo", str(out), "--out", str(back), "--export"]) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speech_ed.evaluation.efficiency_report import add_comparisons, study_markdown
+from speech_ed.experiments.report import add_comparisons, study_markdown
 
 
 def _run(speed, padding, curve, train_s=100.0):

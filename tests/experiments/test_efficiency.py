@@ -13,8 +13,8 @@ from speech_ed.cli import main as cli_main
 from speech_ed.data.prompt import count_decoder_tokens
 from speech_ed.sampling import estimate_bucket_bins
 from speech_ed.sampling.io import save_bucket_bins
-from speech_ed.training.budgets import duration_intervals, safe_max_duration
-from speech_ed.training.dev_curve import DevCurve
+from speech_ed.experiments.budgets import duration_intervals, safe_max_duration
+from speech_ed.experiments.dev_curve import DevCurve
 from tests.conftest import TEXTS, make_cut
 
 SLOW_EVAL_S = 0.3

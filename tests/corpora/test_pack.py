@@ -11,7 +11,7 @@ import yaml
 from lhotse import CutSet
 
 from speech_ed.cli import main as cli_main
-from speech_ed.data.pack import pack_run
+from speech_ed.corpora.pack import pack_run
 from tests.conftest import TEXTS, make_cut
 
 

@@ -10,7 +10,7 @@ Layout written (as OpenSLR's tarballs unpack)::
     <out>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>-<utt:04d>.flac   16 kHz mono, FLAC
     <out>/LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt        "<id> UPPER CASE TEXT"
 
-Sentences are English fortunes (``speech_ed.data.fortunes``) written as LibriSpeech writes transcripts:
+Sentences are English fortunes (``speech_ed.corpora.fortunes``) written as LibriSpeech writes transcripts:
 upper case, no punctuation, apostrophes only inside words. Each part gets its own sentences and its own
 speakers (as in LibriSpeech, where parts share no speaker); a speaker keeps one espeak-ng voice and pitch.
 """
@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speech_ed.data.espeak_corpus import (
+from speech_ed.corpora.espeak import (
     SAMPLE_RATE,
     EspeakCommand,
     EspeakLibrary,
     find_espeak_library,
     resample_to_16k,
 )
-from speech_ed.data.fortunes import load_sentences
+from speech_ed.corpora.fortunes import load_sentences
 from speech_ed.data.text import normalize_text
 
 LIBRISPEECH_PARTS = ("train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "dev-other",

@@ -249,7 +249,7 @@ def write_report(report_dir: Path, study: dict) -> list[Path]:
              "hand. Every strategy trains the same preset from the same seed on the same data under one memory "
              "budget: random batching and 1D bucketing with the largest `max_duration_s` under which every batch "
              "they can form fits the budget (measured with the same probe as the OOMptimizer, see "
-             "`speech_ed/training/budgets.py`), 2D bucketing with the OOMptimizer's per-bucket batch sizes; the "
+             "`speech_ed/experiments/budgets.py`), 2D bucketing with the OOMptimizer's per-bucket batch sizes; the "
              "ablations rerun 1D (speech_ed's sampler) with the 2D strategy's SortaGrad curriculum and 2D "
              "without it. "
              "Padding is padded / all audio samples (input) and decoder tokens (output) over every training "

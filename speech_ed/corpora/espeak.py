@@ -2,11 +2,11 @@
 
 Usage::
 
-    from speech_ed.data.espeak_corpus import prepare_espeak_corpus
+    from speech_ed.corpora.espeak import prepare_espeak_corpus
     cuts = prepare_espeak_corpus("exp/espeak_multilingual/run0/manifests", languages=("es", "it"))
     # {"train": .../cuts_train.jsonl.gz, "dev": ..., "test": ...}
 
-Each language's sentences (``speech_ed.data.fortunes``) are shuffled with the seed and cut into test, dev
+Each language's sentences (``speech_ed.corpora.fortunes``) are shuffled with the seed and cut into test, dev
 and train before synthesis, so no sentence (nor its normalised label) is in two splits. Each utterance gets a
 voice (base voice of the language + variant m1-m7/f1-f5), a speed (140-190 words/min) and a pitch (30-70)
 drawn from the seed; test voices come from the same distribution (matched condition).
@@ -42,7 +42,7 @@ from scipy.signal import resample_poly
 from tqdm import tqdm
 
 from speech_ed.atomic import atomic_write_json
-from speech_ed.data.fortunes import load_sentences
+from speech_ed.corpora.fortunes import load_sentences
 
 SAMPLE_RATE = 16000
 SHARD_SIZE = 200

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet, load_manifest
 
-from speech_ed.data import espeak_corpus as ec
-from speech_ed.data.fortunes import FORTUNES_ROOT
+from speech_ed.corpora import espeak as ec
+from speech_ed.corpora.fortunes import FORTUNES_ROOT
 from speech_ed.data.text import normalize_text
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")

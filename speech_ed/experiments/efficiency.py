@@ -22,7 +22,7 @@ Two ablations separate the batching from the curriculum (the 2D strategy's Sorta
   the 2D strategy's curriculum;
 * ``2d-no-sortagrad``: ``2d-oomptimizer`` with SortaGrad off.
 
-The safe settings come from :mod:`speech_ed.training.budgets`. During training :class:`DevCurve` evaluates a
+The safe settings come from :mod:`speech_ed.experiments.budgets`. During training :class:`DevCurve` evaluates a
 fixed dev subset every ``eval_every_s`` seconds of training time, and that time is left out of the training
 clock, the schedule and the time limit. ``data.sortagrad`` is the config's (the embedded recipe: true) except
 in the ablations: it changes only the 2D strategy, whose first epoch then batches by duration group with each
@@ -30,7 +30,7 @@ group's smallest OOMptimizer size, since 2D batches from the first step kept the
 (docs/BENCHMARKS.md, section 1); random batching has no buckets to order and lhotse's sampler has no SortaGrad.
 After training, the largest batches each run formed are measured with the same probe. Results go to
 ``<run>/efficiency/efficiency.json`` and, with the report, to ``<report_dir>/``
-(:mod:`speech_ed.evaluation.efficiency_report`).
+(:mod:`speech_ed.experiments.report`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 
 from speech_ed.atomic import atomic_write_json
 from speech_ed.config import ConfigError, ExperimentConfig, load_config
-from speech_ed.training.budgets import MemorySettings, find_safe_budgets, measure_batches, prepared_run
+from speech_ed.experiments.budgets import MemorySettings, find_safe_budgets, measure_batches, prepared_run
 
 STRATEGIES = ("random", "1d", "2d-oomptimizer")
 ABLATIONS = ("1d-sortagrad", "2d-no-sortagrad")
@@ -131,7 +131,7 @@ def batch_setting(name: str, budgets: dict) -> str:
 def run_strategy(cfg: ExperimentConfig, name: str, dev_cuts: list, tokenizer, settings: StudySettings,
                  key: dict, log: Callable[[str], None]) -> dict:
     """Train one strategy with a :class:`DevCurve` (or reuse a finished run with the same key)."""
-    from speech_ed.training.dev_curve import DevCurve
+    from speech_ed.experiments.dev_curve import DevCurve
     from speech_ed.training.train import train
 
     key = json.loads(json.dumps(key, sort_keys=True, default=str))  # as it reads back from the file
@@ -179,9 +179,9 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
         ConfigError: bad settings or config; FileNotFoundError: the run is not prepared.
     """
     from speech_ed.data.tokenizer import Tokenizer
-    from speech_ed.evaluation.efficiency_report import add_comparisons, write_report
+    from speech_ed.experiments.report import add_comparisons, write_report
     from speech_ed.evaluation.sets import describe_device, inference_device
-    from speech_ed.training.dev_curve import load_dev_subset
+    from speech_ed.experiments.dev_curve import load_dev_subset
 
     settings.validate()
     user = list(overrides)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from speech_ed.data.fortunes import load_sentences
+    from speech_ed.corpora.fortunes import load_sentences
     sentences, counts = load_sentences("it")   # counts: what each filter removed
 
 Where each language lives (Debian packages ``fortunes``, ``fortunes-de``, ``fortunes-es``, ``fortunes-it``):

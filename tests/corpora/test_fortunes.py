@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speech_ed.data.fortunes import FORTUNES_ROOT, fix_italian_accents, fortune_files, load_sentences
+from speech_ed.corpora.fortunes import FORTUNES_ROOT, fix_italian_accents, fortune_files, load_sentences
 
 FAKE_EN = "\n%\n".join([
     "The cat sat on the mat. The dog barked at the moon!\n\t\t-- Some Author",
