@@ -7,7 +7,7 @@ NODES ?= 1
 GPUS_PER_NODE ?= 8
 TIME ?= 24:00:00
 
-.PHONY: help install recipe test test-all lint clean-exp slurm fake-librispeech efficiency
+.PHONY: help install recipe test test-quick test-all lint clean-exp slurm fake-librispeech efficiency
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,11 +27,14 @@ fake-librispeech: install ## write a tiny LibriSpeech-layout corpus (espeak-ng s
 efficiency: install ## random vs 1D vs 2D batching on a prepared RUN=, MINUTES= per strategy, MEMORY_GIB=, ARGS=; writes docs/EFFICIENCY.md
 	$(SPEECH_ED) efficiency-study --recipe $(RECIPE) --run $(RUN) --minutes $(MINUTES) --memory-gib $(MEMORY_GIB) $(ARGS)
 
-test: install ## run the quick test suite (CPU, a few minutes)
+test: install ## run the test suite, slow tests included: what CI runs (.ci/run)
 	WANDB_MODE=offline $(VENV)/bin/pytest
 
-test-all: install ## run every test, slow ones included
-	WANDB_MODE=offline $(VENV)/bin/pytest -m 'not gpu'
+test-quick: install ## skip the tests marked slow or gpu: a developer's loop (a few minutes)
+	WANDB_MODE=offline $(VENV)/bin/pytest -m 'not slow and not gpu and not bench'
+
+test-all: install ## every test, the bench-marked ones (minutes each) included
+	WANDB_MODE=offline $(VENV)/bin/pytest -m 'bench or not bench'
 
 lint: install ## ruff check (installs ruff into the venv)
 	$(VENV)/bin/pip install -q ruff==0.17.5 && $(VENV)/bin/ruff check speech_ed tests recipes

@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/bench_batching_throughput.py --study-dir exp/espeak_multilingual/cal1/efficiency \
-        --strategies random,1d,2d-oomptimizer --slices 8 --steps-per-slice 15
+        --strategies random,lhotse,2d-oomptimizer --slices 8 --steps-per-slice 15
 
 The efficiency study trains its strategies one after another, 12 minutes each, so a change in the load of a
 shared machine between runs shows up as a difference between strategies. Here every strategy's real batches
@@ -37,6 +37,7 @@ from speech_ed.data.datamodule import AEDDataModule  # noqa: E402
 from speech_ed.data.dataset import split_decoder_io  # noqa: E402
 from speech_ed.data.tokenizer import Tokenizer  # noqa: E402
 from speech_ed.models.aed import compute_loss  # noqa: E402
+from speech_ed.paths import RunPaths  # noqa: E402
 from speech_ed.training.module import AEDLightningModule  # noqa: E402
 
 PARTS = ("data", "encoder", "decoder", "loss", "backward", "optimizer")
@@ -47,7 +48,7 @@ class Strategy:
 
     def __init__(self, name: str, run_dir: Path):
         self.name = name
-        self.cfg = load_config([str(run_dir / "config.resolved.yaml")], [])
+        self.cfg = load_config([str(RunPaths.in_folder(run_dir).resolved_config)], [])
         self.tokenizer = Tokenizer.load(self.cfg.tokenizer.path)
         self.dm = AEDDataModule(self.cfg, self.tokenizer)
         loader = self.dm.train_dataloader()
@@ -125,14 +126,14 @@ def loading_cost(strategy: Strategy, num_cuts: int = 320, chunk: int = 16) -> fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study-dir", default="exp/espeak_multilingual/cal1/efficiency")
-    ap.add_argument("--strategies", default="random,1d,2d-oomptimizer")
+    ap.add_argument("--strategies", default="random,lhotse,2d-oomptimizer")
     ap.add_argument("--slices", type=int, default=8, help="rounds; the first is a warm-up")
     ap.add_argument("--steps-per-slice", type=int, default=15)
     ap.add_argument("--out", default=None, help="folder for bench_batching.json (default: --study-dir)")
     args = ap.parse_args()
     study = Path(args.study_dir)
     names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    missing = [n for n in names if not (study / n / "config.resolved.yaml").is_file()]
+    missing = [n for n in names if not RunPaths.in_folder(study / n).resolved_config.is_file()]
     if missing:
         sys.exit(f"no finished efficiency-study run for {missing} under {study}; run `speech-ed efficiency-study`")
     strategies = [Strategy(n, study / n) for n in names]

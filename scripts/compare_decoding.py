@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -67,10 +66,11 @@ def main() -> int:
     from speech_ed.evaluation.decoding import decode_options
     from speech_ed.evaluation.evaluate import transcribe_cuts, wer_table
     from speech_ed.evaluation.model_io import load_for_inference
+    from speech_ed.paths import RunPaths
 
-    run = Path(a.run_dir)
-    cfg = load_config([run / "config.resolved.yaml"], [f"eval.split={a.split}"])
-    model, tokenizer = load_for_inference(run / "model.pt")
+    run = RunPaths.in_folder(a.run_dir)
+    cfg = load_config([run.resolved_config], [f"eval.split={a.split}"])
+    model, tokenizer = load_for_inference(run.model)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     cuts = CutSet.from_file(manifest_path(cfg, a.split)).to_eager()

@@ -35,10 +35,10 @@ def digest(path: str) -> str | None:
 def snapshot(config: str, overrides: list[str], steps: int) -> dict:
     from speech_ed.data.datamodule import AEDDataModule
     from speech_ed.data.tokenizer import Tokenizer
-    from speech_ed.training.train import tokenizer_path
+    from speech_ed.paths import RunPaths
 
     cfg = load_config([config], overrides)
-    tokenizer = Tokenizer.load(tokenizer_path(cfg))
+    tokenizer = Tokenizer.load(RunPaths.from_config(cfg).tokenizer_model)
     dm = AEDDataModule(cfg, tokenizer)
     dm.prepare_data()
     sampler = dm.build_train_sampler()

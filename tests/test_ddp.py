@@ -78,6 +78,7 @@ def _corpus(tmp_path, tokenizer):
     return man, tmp_path / "bucket_bins.yaml", bucket_of
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed in this environment")
 def test_two_process_ddp_with_bucketing_sampler(tmp_path, tokenizer):
     man, bins_path, bucket_of = _corpus(tmp_path, tokenizer)
@@ -87,7 +88,7 @@ def test_two_process_ddp_with_bucketing_sampler(tmp_path, tokenizer):
     out.mkdir()
     overrides = ["model_preset=tiny", f"exp_dir={tmp_path}/exp", "run=ddp", f"data.manifest_dir={man}",
                  f"tokenizer.path={tokenizer.model_path}", "tokenizer.languages=[en,es,it]",
-                 "prepare.languages=[es,it]", "data.sampler=bucket2d", f"data.bucket_bins={bins_path}",
+                 "prepare.languages=[es,it]", "data.sampler=2d", f"data.bucket_bins={bins_path}",
                  "data.max_duration_s=2.0", "data.max_utterance_s=1.5", "data.num_workers=0",
                  "data.sortagrad=false", "trainer.max_steps=6", "optim.warmup_steps=1",
                  "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",

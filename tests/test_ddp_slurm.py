@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from speech_ed.commands import slurm
+from speech_ed.slurm import render_sbatch
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRISPEECH = str(REPO / "recipes" / "librispeech" / "config.yaml")
@@ -49,8 +50,7 @@ def _run_rendered(tmp_path, script: str) -> str:
 
 
 def test_requeued_job_resumes_from_the_newest_checkpoint(tmp_path):
-    script, run_dir = slurm.render_sbatch([LIBRISPEECH], [f"exp_dir={tmp_path}/exp", "run=r"], nodes=1,
-                                          gpus_per_node=2)
+    script, run_dir = render_sbatch([LIBRISPEECH], [f"exp_dir={tmp_path}/exp", "run=r"], nodes=1, gpus_per_node=2)
     assert run_dir == (tmp_path / "exp" / "librispeech" / "r").resolve()
     assert "trainer.resume_from=last" in _run_rendered(tmp_path, script)  # first start: nothing to resume
 

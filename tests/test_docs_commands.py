@@ -168,8 +168,7 @@ def check_call(call: dict, resolved: dict | None = None) -> dict:
     os.chdir(cwd)  # relative config paths (recipes/...) are the checkout's
     try:
         if sub == "recipe":
-            from speech_ed.commands.recipe import load_recipe
-            from speech_ed.recipe import parse_recipe_args
+            from speech_ed.recipe import load_recipe, parse_recipe_args
 
             recipe = load_recipe(args.name)
             cfg, rargs = parse_recipe_args(args.rest, Path(recipe.__file__).with_name("config.yaml"),
@@ -183,7 +182,7 @@ def check_call(call: dict, resolved: dict | None = None) -> dict:
             info["run_dir"], info["manifest_dir"] = absolute(cfg)
             info["cfg"] = cfg
         elif sub == "slurm":
-            from speech_ed.commands.slurm import render_sbatch
+            from speech_ed.slurm import render_sbatch
 
             script, _ = render_sbatch(args.config, args.overrides, args.nodes, args.gpus_per_node, args.time,
                                       args.cpus_per_task, args.partition, args.account)
@@ -263,7 +262,7 @@ def test_bad_documented_override_is_caught(tmp_path):
         check_call(call)
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_every_documented_command_runs(tmp_path, fake_data):
     calls = run_pages(tmp_path, "run", fake_data, timeout=900)
@@ -272,7 +271,7 @@ def test_every_documented_command_runs(tmp_path, fake_data):
                 "librispeech/ls960"):
         for name in ("model.pt", "results.json"):
             assert (work / run / name).is_file(), (run, name)
-    for s in ("random", "dynamic", "bucket2d"):
+    for s in ("random", "lhotse", "2d"):
         assert (work / "librispeech" / f"sampler-{s}" / "model.pt").is_file(), s
     assert (work / "librispeech" / "ls960" / "slurm" / "train.sbatch").is_file()  # submitted, run by sbatch
     assert json.loads((work / "librispeech" / "padding_workspace.json").read_text())["sections"]

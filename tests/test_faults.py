@@ -73,7 +73,7 @@ def _nan_on_calls(monkeypatch, calls: set | None):
 
 def test_bad_input_and_a_nan_step_are_counted_in_the_log_train_stats_and_results(tmp_path, tokenizer,
                                                                                   monkeypatch):
-    from speech_ed.commands.evaluate import evaluate
+    from speech_ed.evaluation.evaluate import evaluate_split as evaluate
     from speech_ed.training.train import train
 
     audio = tmp_path / "audio"
@@ -127,7 +127,7 @@ def test_out_of_memory_names_bucket_batch_size_and_lower_fraction(tmp_path, toke
     bins = BucketBins([1.0, 1.0, 2.0, 2.0], [14, 40, 14, 40])
     save_bucket_bins(tmp_path / "bins.yaml", bins)
     cfg = _config(tmp_path, tokenizer, _write_manifests(tmp_path / "man", _cuts(tmp_path)),
-                  ["data.sampler=bucket2d", f"data.bucket_bins={tmp_path / 'bins.yaml'}",
+                  ["data.sampler=2d", f"data.bucket_bins={tmp_path / 'bins.yaml'}",
                    f"data.bucket_batch_sizes={tmp_path / 'bs.yaml'}"])
     dims = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     save_bucket_batch_sizes(tmp_path / "bs.yaml", [3, 3, 2, 2], bins, model_hash=model_config_hash(dims),
@@ -150,11 +150,12 @@ def test_batch_sizes_for_other_bins_are_refused_before_any_data_is_read(tmp_path
 
     save_bucket_bins(tmp_path / "bins.yaml", BucketBins([1.0, 2.0, 4.0], [20, 40, 80]))
     cfg = _config(tmp_path, tokenizer, tmp_path / "no_manifests_here",
-                  ["data.sampler=bucket2d", f"data.bucket_bins={tmp_path / 'bins.yaml'}",
+                  ["data.sampler=2d", f"data.bucket_bins={tmp_path / 'bins.yaml'}",
                    f"data.bucket_batch_sizes={tmp_path / 'bs.yaml'}"])
     dims = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     save_bucket_batch_sizes(tmp_path / "bs.yaml", [8, 4], model_hash=model_config_hash(dims))
-    with pytest.raises(ValueError, match=r"bs.yaml: 2 batch sizes but training uses 3 buckets; regenerate"):
+    with pytest.raises(ValueError, match=r"bs.yaml: 2 batch sizes but the bucket bins \(.*bins.yaml\) have 3 "
+                                         "buckets; regenerate"):
         train(cfg)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from speech_ed.commands.recipe import load_recipe
 from speech_ed.config import ConfigError
+from speech_ed.recipe import load_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
 import wandb_records
@@ -59,6 +59,7 @@ def test_fake_corpus_has_librispeech_layout(fake_librispeech):
             assert info.format == "FLAC" and info.samplerate == 16000 and info.channels == 1
 
 
+@pytest.mark.slow
 @needs_espeak
 def test_make_recipe_librispeech_runs_every_stage(fake_librispeech, tmp_path):
     exp = tmp_path / "exp"

@@ -5,9 +5,10 @@ import shutil
 
 import pytest
 
-from speech_ed.commands.recipe import load_recipe
+from speech_ed.recipe import load_recipe
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (make install)")
 def test_embedded_recipe_runs_every_stage(tmp_path, capsys):
     recipe = load_recipe("espeak_multilingual")

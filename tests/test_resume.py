@@ -276,6 +276,7 @@ def test_a_sampler_state_of_the_older_format_resumes_training_with_a_fresh_epoch
     assert dm.sampler.epoch == 3 and dm.sampler.steps_done == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices, max_steps, kill_at", [(1, 10, 4), (2, 7, 3)], ids=["1proc", "ddp2"])
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tokenizer, train_data, devices,
                                                              max_steps, kill_at):
@@ -284,7 +285,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, tokenizer
             "tokenizer.languages=[en,es,it]", "prepare.languages=[es,it]", f"trainer.max_steps={max_steps}",
             "optim.warmup_steps=2", "trainer.accelerator=cpu", f"trainer.devices={devices}",
             f"trainer.strategy={'ddp' if devices > 1 else 'auto'}", "trainer.precision=32-true",
-            "trainer.num_threads=1", f"trainer.checkpoint_every_n_steps={kill_at}", "data.sampler=bucket2d",
+            "trainer.num_threads=1", f"trainer.checkpoint_every_n_steps={kill_at}", "data.sampler=2d",
             f"data.bucket_bins={folder / 'bins.yaml'}", "data.strict_2d=false", "data.max_duration_s=3",
             "data.max_utterance_s=2", f"data.num_workers={1 if devices == 1 else 0}"]
     straight = base + [f"exp_dir={tmp_path}/straight"]

@@ -40,7 +40,7 @@ def test_training_run_logs_config_and_padding_every_step(tmp_path, small_cuts, t
     cfg = load_config([], ["model_preset=tiny", f"exp_dir={tmp_path}/exp", "run=wb",
                            f"data.manifest_dir={man}",
                            f"tokenizer.path={tokenizer.model_path}", "tokenizer.languages=[en,es,it]",
-                           "prepare.languages=[es,it]", "data.sampler=bucket2d",
+                           "prepare.languages=[es,it]", "data.sampler=2d",
                            f"data.bucket_bins={tmp_path}/bins.yaml", "data.max_duration_s=1.5",
                            "data.max_utterance_s=1.0", "data.num_workers=0", "trainer.max_steps=4",
                            "optim.warmup_steps=1", "trainer.accelerator=cpu", "trainer.devices=1",
@@ -52,7 +52,7 @@ def test_training_run_logs_config_and_padding_every_step(tmp_path, small_cuts, t
     run = wandb_records.run_record(run_file)
     assert run.display_name == "espeak_multilingual/wb"
     config = wandb_records.config(run_file)
-    assert config["optim"]["lr"] == 0.0015 and config["data"]["sampler"] == "bucket2d"  # the resolved config
+    assert config["optim"]["lr"] == 0.0015 and config["data"]["sampler"] == "2d"  # the resolved config
     assert config["model"]["encoder_dim"] == cfg.model.encoder_dim
 
     rows = wandb_records.history(run_file)
@@ -151,7 +151,7 @@ def test_padding_workspace_spec_reads_only_logged_metrics(tmp_path, small_cuts, 
     save_bucket_bins(tmp_path / "bins.yaml", BucketBins(durations=[0.45, 0.7], tokens=[100, 100]))
     cfg = load_config([], ["model_preset=tiny", f"exp_dir={tmp_path}/exp", "run=ws", f"data.manifest_dir={man}",
                            f"tokenizer.path={tokenizer.model_path}", "tokenizer.languages=[en,es,it]",
-                           "prepare.languages=[es,it]", "data.sampler=bucket2d",
+                           "prepare.languages=[es,it]", "data.sampler=2d",
                            f"data.bucket_bins={tmp_path}/bins.yaml", "data.max_duration_s=1.5",
                            "data.max_utterance_s=1.0", "data.num_workers=0", "trainer.max_steps=3",
                            "optim.warmup_steps=1", "trainer.accelerator=cpu", "trainer.devices=1",
@@ -224,7 +224,7 @@ def test_ddp_padding_and_batch_size_are_summed_over_ranks(tmp_path, tokenizer, n
     out.mkdir()
     overrides = ["model_preset=tiny", f"exp_dir={tmp_path}/exp", "run=ddpwb", f"data.manifest_dir={man}",
                  f"tokenizer.path={tokenizer.model_path}", "tokenizer.languages=[en,es,it]",
-                 "prepare.languages=[es,it]", "data.sampler=bucket2d", f"data.bucket_bins={bins_path}",
+                 "prepare.languages=[es,it]", "data.sampler=2d", f"data.bucket_bins={bins_path}",
                  "data.max_duration_s=2.0", "data.max_utterance_s=1.5", "data.num_workers=0",
                  "data.sortagrad=false", "trainer.max_steps=4", "optim.warmup_steps=1",
                  "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",

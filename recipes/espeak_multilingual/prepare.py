@@ -18,30 +18,31 @@ from __future__ import annotations
 from pathlib import Path
 
 from speech_ed.config import ExperimentConfig
+from speech_ed.paths import RunPaths
 from speech_ed.recipe import run_recipe
 
 
 def prepare(cfg: ExperimentConfig) -> None:
     from speech_ed.corpora.espeak import prepare_espeak_corpus
 
-    p = cfg.prepare
-    prepare_espeak_corpus(cfg.run_dir / "manifests", languages=tuple(p.languages), num_train=p.num_train,
+    p, paths = cfg.prepare, RunPaths.from_config(cfg)
+    prepare_espeak_corpus(paths.manifest_dir, languages=tuple(p.languages), num_train=p.num_train,
                           num_dev=p.num_dev, num_test=p.num_test, num_workers=p.num_workers, seed=cfg.seed)
 
 
 def tokenizer(cfg: ExperimentConfig) -> None:
-    from speech_ed.commands.train_tokenizer import train_tokenizer_on_cuts
+    from speech_ed.data.tokenizer import train_tokenizer_on_cuts
 
-    t = cfg.tokenizer
-    train_tokenizer_on_cuts(cfg.run_dir / "manifests" / "cuts_train.jsonl.gz", cfg.run_dir / "tokenizer",
-                            t.vocab_size, t.languages, t.pnc, t.model_type)
+    t, paths = cfg.tokenizer, RunPaths.from_config(cfg)
+    train_tokenizer_on_cuts(paths.manifest("train"), paths.tokenizer_dir, t.vocab_size, t.languages, t.pnc,
+                            t.model_type)
 
 
 def bins(cfg: ExperimentConfig) -> None:
-    if cfg.data.sampler not in ("bucket2d", "bucket1d"):  # bucket1d batches by the bins' duration groups
+    if cfg.data.sampler not in ("2d", "1d"):  # 1d batches by the bins' duration groups
         print(f"data.sampler={cfg.data.sampler}: no bucket bins needed")
         return
-    from speech_ed.commands.estimate_bins import estimate_bins_for_run
+    from speech_ed.data.bin_estimation import estimate_bins_for_run
 
     estimate_bins_for_run(cfg)
 
@@ -53,9 +54,9 @@ def train(cfg: ExperimentConfig) -> None:
 
 
 def evaluate(cfg: ExperimentConfig) -> None:
-    from speech_ed.commands.evaluate import evaluate as evaluate_model
+    from speech_ed.evaluation.evaluate import evaluate_split
 
-    evaluate_model(cfg)
+    evaluate_split(cfg)
 
 
 STAGES = [("prepare", prepare), ("tokenizer", tokenizer), ("bins", bins), ("train", train), ("evaluate", evaluate)]

@@ -21,14 +21,15 @@ Stages (each idempotent, skipped when its ``.done`` marker exists):
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import socket
 from pathlib import Path
 
-from speech_ed.config import ConfigError, ExperimentConfig, save_config
+from speech_ed.atomic import atomic_write_text
+from speech_ed.config import ConfigError, ExperimentConfig
+from speech_ed.paths import RunPaths
 from speech_ed.recipe import run_recipe
 
 LANGUAGE = "en"
@@ -41,10 +42,6 @@ PART_SIZES = {"train-clean-100": "6.3 GB", "train-clean-360": "23 GB", "train-ot
 def all_parts(cfg: ExperimentConfig) -> list[str]:
     p = cfg.prepare
     return list(dict.fromkeys(p.train_parts + p.dev_parts + p.test_parts))
-
-
-def manifest_dir(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.data.manifest_dir) if cfg.data.manifest_dir else cfg.run_dir / "manifests"
 
 
 def find_corpus(data_dir: Path, parts: list[str]) -> Path:
@@ -121,7 +118,8 @@ def manifests(cfg: ExperimentConfig) -> None:
     from lhotse.recipes.librispeech import prepare_librispeech
     from lhotse.utils import fastcopy
 
-    p, out = cfg.prepare, manifest_dir(cfg)
+    p, paths = cfg.prepare, RunPaths.from_config(cfg)
+    out = paths.manifest_dir
     parts = all_parts(cfg)
     root = find_corpus(Path(p.data_dir).resolve(), parts)
     prepared = prepare_librispeech(root, dataset_parts=parts, output_dir=out / "lhotse",
@@ -131,7 +129,7 @@ def manifests(cfg: ExperimentConfig) -> None:
         supervisions = SupervisionSet.from_segments(
             fastcopy(s, language=LANGUAGE) for s in prepared[part]["supervisions"])  # lhotse says "English"
         cuts = CutSet.from_manifests(recordings=prepared[part]["recordings"], supervisions=supervisions)
-        _write_cuts(cuts, out / f"cuts_{part}.jsonl.gz")
+        _write_cuts(cuts, paths.manifest(part))
         by_part[part] = cuts
         lines = sum(1 for f in (root / part).glob("*/*/*.trans.txt") for line in f.read_text().splitlines()
                     if line.strip())
@@ -141,54 +139,33 @@ def manifests(cfg: ExperimentConfig) -> None:
               f"{stats[part]['missing_audio']} transcripts without audio", flush=True)
     train = [c for part in p.train_parts for c in by_part[part]]
     random.Random(cfg.seed).shuffle(train)
-    _write_cuts(CutSet.from_cuts(train), out / "cuts_train.jsonl.gz")
+    _write_cuts(CutSet.from_cuts(train), paths.manifest("train"))
     for split, split_parts in (("dev", p.dev_parts), ("test", p.test_parts)):
         joined = CutSet.from_cuts(c for part in split_parts for c in by_part[part])
-        _write_cuts(joined, out / f"cuts_{split}.jsonl.gz")
+        _write_cuts(joined, paths.manifest(split))
     stats_text = json.dumps({"corpus": str(root), "parts": stats}, indent=1) + "\n"
-    (out / "prepare_stats.json").write_text(stats_text)
+    atomic_write_text(out / "prepare_stats.json", stats_text)
 
 
 def tokenizer(cfg: ExperimentConfig) -> None:
-    from speech_ed.commands.train_tokenizer import train_tokenizer_on_cuts
+    from speech_ed.data.tokenizer import train_tokenizer_on_cuts
 
-    t = cfg.tokenizer
-    train_tokenizer_on_cuts(manifest_dir(cfg) / "cuts_train.jsonl.gz", cfg.run_dir / "tokenizer",
-                            t.vocab_size, t.languages, t.pnc, t.model_type)
+    t, paths = cfg.tokenizer, RunPaths.from_config(cfg)
+    train_tokenizer_on_cuts(paths.manifest("train"), paths.tokenizer_dir, t.vocab_size, t.languages, t.pnc,
+                            t.model_type)
 
 
 def bins(cfg: ExperimentConfig) -> None:
-    from speech_ed.commands.estimate_bins import estimate_bins_for_run
+    from speech_ed.data.bin_estimation import estimate_bins_for_run
 
     estimate_bins_for_run(cfg)
 
 
 def batch_sizes(cfg: ExperimentConfig) -> None:
     """``speech-ed oomptimize`` for ``data.bucket_batch_sizes``: cuda on a GPU, else simulate a target GPU."""
-    out = cfg.data.bucket_batch_sizes
-    if not out:
-        print("data.bucket_batch_sizes is empty: batches follow data.max_duration_s, nothing to measure")
-        return
-    if Path(out).is_file():
-        print(f"oomptimize: {out} exists, kept (delete it to measure again)")
-        return
-    import torch
+    from speech_ed.oomptimizer.runner import oomptimize_for_run
 
-    from speech_ed.commands import oomptimize
-
-    o = cfg.oomptimize
-    probe = o.probe if o.probe != "auto" else ("cuda" if torch.cuda.is_available() else "simulate")
-    resolved = cfg.run_dir / "config.resolved.yaml"
-    save_config(cfg, resolved)
-    args = argparse.Namespace(
-        config=[str(resolved)], overrides=[], bins=cfg.data.bucket_bins, probe=probe, out=out,
-        memory_budget_gib=o.memory_budget_gib, memory_fraction=o.memory_fraction,
-        target_gpu=o.target_gpu if probe == "simulate" and o.memory_budget_gib is None else None,
-        safety_margin=None, start_batch_size=32, rel_gap=0.05, max_batch_size=1 << 16, no_ddp_copy=False,
-        vocab_size=None)
-    if oomptimize.main(args) != 0:
-        raise RuntimeError("oomptimize failed (see above); set data.bucket_batch_sizes='' to train with "
-                           "data.max_duration_s instead")
+    oomptimize_for_run(cfg)
 
 
 def train(cfg: ExperimentConfig) -> None:
@@ -210,7 +187,7 @@ def evaluate(cfg: ExperimentConfig) -> None:
     from speech_ed.evaluation.sets import evaluate_sets
 
     parts = cfg.prepare.dev_parts + cfg.prepare.test_parts
-    sets = {part: manifest_dir(cfg) / f"cuts_{part}.jsonl.gz" for part in parts}
+    sets = {part: RunPaths.from_config(cfg).manifest(part) for part in parts}
     evaluate_sets(cfg, sets)
 
 
@@ -232,8 +209,8 @@ def check(cfg: ExperimentConfig) -> None:
         raise ConfigError("prepare.train_parts and prepare.test_parts must each name at least one part")
     if LANGUAGE not in cfg.tokenizer.languages:
         raise ConfigError(f"tokenizer.languages: must include {LANGUAGE!r} (LibriSpeech is English)")
-    if cfg.data.sampler != "bucket2d":
-        raise ConfigError("data.sampler: this recipe's bins and batch-size stages need 'bucket2d'")
+    if cfg.data.sampler != "2d":
+        raise ConfigError("data.sampler: this recipe's bins and batch-size stages need '2d'")
     if cfg.oomptimize.target_gpu not in GPU_MEMORY_GIB:
         raise ConfigError(f"oomptimize.target_gpu: {cfg.oomptimize.target_gpu!r} is not one of "
                           f"{sorted(GPU_MEMORY_GIB)}")

@@ -1,4 +1,4 @@
-"""``speech-ed efficiency-study``: random vs 1D vs 2D+OOMptimizer batching, same model, seed and memory budget.
+"""``speech-ed efficiency-study``: random vs lhotse (1D) vs 2D+OOMptimizer batching, one model, seed and memory.
 
 Usage::
 
@@ -28,9 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", action="append", default=[],
                         help="YAML config (repeatable; replaces the recipe's config.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every strategy")
-    parser.add_argument("--strategies", default="random,1d,2d-oomptimizer",
-                        help="comma-separated, from random, 1d, 2d-oomptimizer (default: these three) and the "
-                             "ablations 1d-sortagrad, 2d-no-sortagrad")
+    parser.add_argument("--strategies", default="random,lhotse,2d-oomptimizer",
+                        help="comma-separated, from random, lhotse, 2d-oomptimizer (default: these three) and "
+                             "the ablations 1d-sortagrad, 2d-no-sortagrad")
     parser.add_argument("--minutes", type=float, default=None,
                         help="training wall time per strategy, evaluation excluded")
     parser.add_argument("--steps", type=int, default=None, help="training steps per strategy")
@@ -38,9 +38,11 @@ def add_arguments(parser) -> None:
                         help="the shared memory budget, GiB (required by the cpu and simulate probes)")
     parser.add_argument("--memory-fraction", type=float, default=1.0, help="share of --memory-gib used")
     parser.add_argument("--probe", default="auto", choices=("auto", "cpu", "cuda", "simulate"),
-                        help="how memory is probed (auto: cuda when training on a GPU, else cpu)")
+                        help="how memory is probed (auto: cuda when training on a GPU, else cpu; see "
+                             "speech_ed.oomptimizer.probes.resolve_probe)")
     parser.add_argument("--quadratic-duration-s", type=float, default=15.0,
-                        help="1D baseline's penalty d + d^2/q (default 15, as Canary; 0: none)")
+                        help="the 1D budget's penalty d + d^2/q (lhotse, 1d-sortagrad; default 15, as Canary; 0: "
+                             "none)")
     parser.add_argument("--interval-ratio", type=float, default=1.1,
                         help="longest/shortest duration of one interval of the random/1D budget analysis")
     parser.add_argument("--rel-gap", type=float, default=0.05, help="precision of every batch-size search")
@@ -52,9 +54,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from speech_ed.commands.recipe import RECIPES_DIR
     from speech_ed.experiments.budgets import MemorySettings
     from speech_ed.experiments.efficiency import StudySettings, run_study
+    from speech_ed.recipe import RECIPES_DIR
 
     yaml_paths = list(args.config)
     if not yaml_paths:

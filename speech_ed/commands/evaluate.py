@@ -1,15 +1,13 @@
 """``speech-ed evaluate --config C.yaml [key=value ...]``: decode a split with the run's model.pt.
 
 Writes ``<run_dir>/results.json`` and ``<run_dir>/RESULTS.md`` and prints the WER table. How it decodes is
-``eval.*`` (``eval.mode``, ``eval.beam_size``, ``eval.ctc_weight`` ...; docs/DECODING.md).
+``eval.*`` (``eval.mode``, ``eval.beam_size``, ``eval.ctc_weight`` ...; docs/DECODING.md). The work is
+:func:`speech_ed.evaluation.evaluate.evaluate_split`, the recipes' evaluate stage.
 """
 
 from __future__ import annotations
 
 from speech_ed.config import load_config
-from speech_ed.evaluation.evaluate import evaluate_split as evaluate  # the recipes' stage calls this name
-
-__all__ = ["evaluate"]
 
 
 def add_arguments(parser):
@@ -19,5 +17,7 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-    evaluate(load_config(args.config, args.overrides), args.model)
+    from speech_ed.evaluation.evaluate import evaluate_split
+
+    evaluate_split(load_config(args.config, args.overrides), args.model)
     return 0

@@ -6,8 +6,9 @@ Usage::
         --strategy random 1d 2d lhotse --bins exp/ls/bucket_bins.yaml --max-duration-s 600 \\
         --json exp/ls/padding.json --plot exp/ls/padding.png [--wandb]
 
-Strategies: ``random`` (shuffled batches under the same padding-aware budget), ``1d`` (duration buckets),
-``2d`` (duration x token buckets), ``lhotse`` (lhotse's own DynamicBucketingSampler, for comparison).
+Strategies (:mod:`speech_ed.sampling.strategies`): ``random`` (shuffled batches under the same padding-aware
+budget), ``1d`` (duration buckets), ``2d`` (duration x token buckets), ``lhotse`` (lhotse's own
+DynamicBucketingSampler, for comparison).
 Without ``--bins``, '1d' uses ``--num-buckets`` equal-duration buckets and '2d' estimates
 ``--num-buckets`` x ``--sub-buckets`` bins with ``--method``; with ``--bins``, '2d' uses them and '1d' uses
 their duration groups. With one strategy the JSON is that strategy's report; with several it is
@@ -27,16 +28,15 @@ import numpy as np
 
 from speech_ed.commands.estimate_bins import add_length_arguments, load_lengths
 from speech_ed.sampling.bins import ESTIMATION_METHODS, BucketBins, estimate_bucket_bins
-from speech_ed.sampling.io import atomic_write_text, load_bucket_batch_sizes, load_bucket_bins
+from speech_ed.sampling.io import atomic_write_text, load_bins_and_batch_sizes
 from speech_ed.sampling.lengths import Lengths
 from speech_ed.sampling.simulate import simulate_epoch, simulate_lhotse_dynamic_bucketing
-
-REPORT_STRATEGIES = ("random", "1d", "2d", "lhotse")
+from speech_ed.sampling.strategies import STRATEGIES
 
 
 def add_arguments(parser):
     add_length_arguments(parser)
-    parser.add_argument("--strategy", nargs="+", default=["2d"], choices=REPORT_STRATEGIES)
+    parser.add_argument("--strategy", nargs="+", default=["2d"], choices=STRATEGIES)
     parser.add_argument("--bins", default=None, help="bucket_bins.yaml (else estimated, see --num-buckets)")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--batch-sizes", default=None, help="bucket_batch_sizes.yaml (one size per bucket)")
@@ -85,7 +85,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_strategy(strategy: str, args, lengths: Lengths, bins: Optional[BucketBins]) -> dict[str, Any]:
+def run_strategy(strategy: str, args, lengths: Lengths, bins: Optional[BucketBins],
+                 batch_sizes: Optional[list[int]] = None) -> dict[str, Any]:
     if strategy == "lhotse":
         if args.max_duration_s is None:
             raise ValueError("strategy 'lhotse' needs --max-duration-s")
@@ -93,7 +94,6 @@ def run_strategy(strategy: str, args, lengths: Lengths, bins: Optional[BucketBin
                                                       args.quadratic_duration_s, args.seed,
                                                       args.buffer_size or 20000)
         return report
-    batch_sizes = load_bucket_batch_sizes(args.batch_sizes, bins) if args.batch_sizes else None
     report, _ = simulate_epoch(lengths, strategy, bins, batch_sizes, args.max_duration_s,
                                args.quadratic_duration_s, strict=not args.lenient, seed=args.seed,
                                world_size=args.world_size, buffer_size=args.buffer_size)
@@ -170,17 +170,17 @@ def log_wandb(reports: list[dict[str, Any]], meta: dict[str, Any], project: str,
 
 def main(args) -> int:
     try:
-        loaded = load_bucket_bins(args.bins) if args.bins else None
         if args.batch_sizes and ("random" in args.strategy or "lhotse" in args.strategy):
             raise ValueError("--batch-sizes needs bucketed strategies; 'random' and 'lhotse' need "
                              "--max-duration-s")
-        if args.batch_sizes and loaded is None:
+        if args.batch_sizes and not args.bins:
             raise ValueError("--batch-sizes needs the --bins they were measured on")
+        bucketing = load_bins_and_batch_sizes(args.bins, args.batch_sizes)  # read and checked together, once
         lengths, provenance = load_lengths(args)
         reports = []
         for strategy in args.strategy:
-            bins = _bins_for(strategy, args, lengths, loaded)
-            reports.append(run_strategy(strategy, args, lengths, bins))
+            bins = _bins_for(strategy, args, lengths, bucketing.bins)
+            reports.append(run_strategy(strategy, args, lengths, bins, bucketing.batch_sizes))
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"padding-report: error: {e}", file=sys.stderr)
         return 2

@@ -1,29 +1,6 @@
 """``speech-ed train-tokenizer --cuts train.jsonl.gz --out DIR --vocab-size N --languages en de``."""
 
-from lhotse import CutSet
-
-from speech_ed.data.prompt import cut_target
-from speech_ed.data.tokenizer import Tokenizer
-
-
-def train_tokenizer_on_cuts(cuts_path, out_dir, vocab_size: int, languages, pnc: bool = False,
-                            model_type: str = "bpe") -> Tokenizer:
-    """Train on the decoder targets of the cuts (audio-less cuts are fine); cuts without text are counted."""
-    texts, no_text = [], 0
-    for cut in CutSet.from_file(cuts_path):
-        try:
-            text = cut_target(cut, pnc).text
-        except ValueError:
-            text = ""
-        if text.strip():
-            texts.append(text)
-        else:
-            no_text += 1
-    if no_text:
-        print(f"train-tokenizer: {no_text} cuts without text were not used")
-    tok = Tokenizer.train(texts, out_dir, vocab_size, languages, model_type)
-    print(f"train-tokenizer: {tok.vocab_size} pieces from {len(texts)} transcripts -> {tok.model_path}")
-    return tok
+from speech_ed.data.tokenizer import train_tokenizer_on_cuts
 
 
 def add_arguments(parser):

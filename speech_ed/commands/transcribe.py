@@ -3,16 +3,13 @@
 Prints ``<file>\\t<text>`` per file, in the order given. A file that cannot be read (missing, corrupt, empty)
 gets an ``ERROR`` line naming the problem; the other files are still transcribed. Exit status 1 if any failed.
 Decoding is the one ``speech-ed evaluate`` uses (``eval.*`` defaults; docs/DECODING.md), chosen with
-``--mode``, ``--beam-size`` and ``--ctc-weight``.
+``--mode``, ``--beam-size`` and ``--ctc-weight``. The work is
+:func:`speech_ed.evaluation.transcribe.transcribe_model_file`.
 """
 
 from __future__ import annotations
 
 import sys
-
-from speech_ed.evaluation.transcribe import read_audio, transcribe_files
-
-__all__ = ["add_arguments", "main", "read_audio", "transcribe_files"]
 
 
 def add_arguments(parser):
@@ -30,28 +27,16 @@ def add_arguments(parser):
 
 
 def main(args) -> int:
-    import dataclasses
+    from speech_ed.evaluation.transcribe import TranscribeError, transcribe_model_file
 
-    from speech_ed.config import EvalConfig
-    from speech_ed.evaluation.decoding import decode_options
-    from speech_ed.evaluation.model_io import load_for_inference
-
-    model, tokenizer = load_for_inference(args.ckpt)
-    language = args.language or (tokenizer.languages[0] if tokenizer.languages else "en")
-    if not tokenizer.has_language(language):
-        print(f"speech-ed transcribe: language {language!r} unknown to this model (it knows {tokenizer.languages})",
-              file=sys.stderr)
-        return 2
-    eval_cfg = dataclasses.replace(EvalConfig(), mode=args.mode, beam_size=args.beam_size,
-                                   ctc_weight=args.ctc_weight)
     try:
-        options = decode_options(eval_cfg, has_ctc=model.ctc is not None)
-    except ValueError as e:
+        results = transcribe_model_file(args.ckpt, args.files, args.language, args.batch_size, args.mode,
+                                        args.beam_size, args.ctc_weight)
+    except TranscribeError as e:
         print(f"speech-ed transcribe: {e}", file=sys.stderr)
         return 2
     failed = 0
-    for path, text, error in transcribe_files(model, tokenizer, args.files, language, args.batch_size,
-                                              options=options):
+    for path, text, error in results:
         if error:
             failed += 1
             print(f"{path}\tERROR: {error}")

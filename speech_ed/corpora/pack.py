@@ -67,11 +67,13 @@ def pack_run(run_dir: Path, out: Path, max_mib: float, dev_cuts: int = 100, seed
     """
     from lhotse import CutSet
 
+    from speech_ed.paths import RunPaths
+
     run_dir, out = Path(run_dir), Path(out)
+    run, packed = RunPaths.in_folder(run_dir), RunPaths.in_folder(out)
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
-    need = [run_dir / "manifests" / "cuts_train.jsonl.gz", run_dir / "manifests" / "cuts_dev.jsonl.gz",
-            run_dir / "tokenizer" / "tokenizer.model", run_dir / "bucket_bins.yaml"]
+    need = [run.manifest("train"), run.manifest("dev"), run.tokenizer_model, run.bucket_bins]
     missing = [str(p) for p in need if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a prepared run; missing {missing} (run the recipe's stages up "
@@ -80,7 +82,7 @@ def pack_run(run_dir: Path, out: Path, max_mib: float, dev_cuts: int = 100, seed
     stats = {"skipped_unreadable": 0}
     entries: dict[str, list[dict]] = {"dev": [], "train": []}
     for split in ("dev", "train"):
-        cuts = list(CutSet.from_file(run_dir / "manifests" / f"cuts_{split}.jsonl.gz"))
+        cuts = list(CutSet.from_file(run.manifest(split)))
         if split == "dev":
             cuts = cuts[:dev_cuts] if dev_cuts > 0 else cuts
         else:
@@ -105,18 +107,17 @@ def pack_run(run_dir: Path, out: Path, max_mib: float, dev_cuts: int = 100, seed
             if (i + 1) % 500 == 0:
                 log(f"{split}: {i + 1} cuts read, {used / MIB:.1f} MiB packed")
     for split, rows in entries.items():
-        _write_manifest(out / "manifests" / f"cuts_{split}.jsonl.gz", rows)
-    (out / "tokenizer").mkdir(exist_ok=True)
-    for f in (run_dir / "tokenizer").iterdir():
+        _write_manifest(packed.manifest(split), rows)
+    packed.tokenizer_dir.mkdir(exist_ok=True)
+    for f in run.tokenizer_dir.iterdir():
         if f.is_file():
-            shutil.copyfile(f, out / "tokenizer" / f.name)
-    shutil.copyfile(run_dir / "bucket_bins.yaml", out / "bucket_bins.yaml")
+            shutil.copyfile(f, packed.tokenizer_dir / f.name)
+    shutil.copyfile(run.bucket_bins, packed.bucket_bins)
     hours = {s: round(sum(e["duration"] for e in rows) / 3600, 3) for s, rows in entries.items()}
     info = {"run_dir": str(run_dir), "cuts": {s: len(rows) for s, rows in entries.items()}, "hours": hours,
             "audio_mib": round(used / MIB, 2), "format": fmt, "max_mib": max_mib, "seed": seed, **stats,
-            "overrides": [f"data.manifest_dir={out / 'manifests'}",
-                          f"tokenizer.path={out / 'tokenizer' / 'tokenizer.model'}",
-                          f"data.bucket_bins={out / 'bucket_bins.yaml'}"]}
+            "overrides": [f"data.manifest_dir={packed.manifest_dir}", f"tokenizer.path={packed.tokenizer_model}",
+                          f"data.bucket_bins={packed.bucket_bins}"]}
     atomic_write_json(out / "pack.json", info)
     log(f"packed {info['cuts']['train']} train cuts ({hours['train']} h) and {info['cuts']['dev']} dev cuts "
         f"({hours['dev']} h) into {out}: {info['audio_mib']} MiB of {fmt}; {stats['skipped_unreadable']} "

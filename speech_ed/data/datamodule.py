@@ -10,8 +10,11 @@ to load is counted by the dataset. Both counts reach the training log and ``trai
 Resume: Lightning stores :meth:`AEDDataModule.state_dict` in every checkpoint. It holds the training sampler's
 state after the last step that training consumed (counted in :meth:`AEDDataModule.on_before_batch_transfer`,
 so batches the DataLoader prefetched are handed out again, not lost) and the filter's counts. With
-``data.sampler`` 'bucket2d', 'bucket1d' or 'random' the next run continues with exactly the batches the
-interrupted run would have produced; lhotse's 'dynamic' sampler cannot, and restarts its epoch (with a warning).
+``data.sampler`` '2d', '1d' or 'random' the next run continues with exactly the batches the interrupted run
+would have produced; the 'lhotse' sampler cannot, and restarts its epoch (with a warning).
+
+Bucket bins and per-bucket batch sizes are read and checked once (:func:`load_bucketing`), by training before
+any data is read, and handed to the data module (the sampler) and the callbacks (``datamodule.bucketing``).
 """
 
 from __future__ import annotations
@@ -29,10 +32,10 @@ from speech_ed.data.indexing import problem
 from speech_ed.data.prompt import count_decoder_tokens, cut_target
 from speech_ed.data.sources import InputSpec, open_sources
 from speech_ed.data.tokenizer import Tokenizer
+from speech_ed.paths import RunPaths
 from speech_ed.sampling import BucketingSampler
+from speech_ed.sampling.io import BinsAndBatchSizes, load_bins_and_batch_sizes
 from speech_ed.sampling.stream import open_manifest
-
-SAMPLER_STRATEGY = {"bucket2d": "2d", "bucket1d": "1d", "random": "random"}  # data.sampler -> BucketingSampler
 
 
 class CountingFilter:
@@ -77,13 +80,22 @@ def training_inputs(cfg: ExperimentConfig) -> list[InputSpec]:
 def training_sources(cfg: ExperimentConfig, tokenizer: Tokenizer, num_workers: int | None = None) -> list:
     """The sampler sources of the training inputs (indexes from ``<run_dir>/index_cache``, built if missing)."""
     d = cfg.data
-    return open_sources(training_inputs(cfg), tokenizer, cfg.run_dir / "index_cache", cfg.tokenizer.pnc,
+    return open_sources(training_inputs(cfg), tokenizer, RunPaths.from_config(cfg).index_cache, cfg.tokenizer.pnc,
                         d.min_duration_s, d.max_utterance_s, num_workers)
 
 
+def load_bucketing(cfg: ExperimentConfig) -> BinsAndBatchSizes | None:
+    """``data.bucket_bins`` and ``data.bucket_batch_sizes``, read and checked together
+    (:func:`speech_ed.sampling.io.load_bins_and_batch_sizes`: the sizes must record the bins they were measured
+    on, and be these); None for the 'lhotse' sampler, which reads neither."""
+    d = cfg.data
+    if d.sampler == "lhotse":
+        return None
+    return load_bins_and_batch_sizes(d.bucket_bins, d.bucket_batch_sizes, require_recorded=True)
+
+
 def manifest_path(cfg: ExperimentConfig, split: str) -> Path:
-    root = Path(cfg.data.manifest_dir) if cfg.data.manifest_dir else cfg.run_dir / "manifests"
-    path = root / f"cuts_{split}.jsonl.gz"
+    path = RunPaths.from_config(cfg).manifest(split)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (set data.manifest_dir or run the recipe's prepare stage)")
     return path
@@ -95,11 +107,14 @@ class AEDDataModule(L.LightningDataModule):
     Args:
         cfg: the resolved experiment config.
         tokenizer: the run's tokenizer (token counts for bucketing use :func:`count_decoder_tokens`).
+        bucketing: the bins and batch sizes of ``cfg`` as training read them (:func:`load_bucketing`); None
+            reads them on first use.
     """
 
-    def __init__(self, cfg: ExperimentConfig, tokenizer: Tokenizer):
+    def __init__(self, cfg: ExperimentConfig, tokenizer: Tokenizer, bucketing: BinsAndBatchSizes | None = None):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
+        self._bucketing = bucketing
         d = cfg.data
         self.train_filter = CountingFilter(tokenizer, d.min_duration_s, d.max_utterance_s, cfg.tokenizer.pnc)
         self.dataset = AEDDataset(tokenizer, pnc=cfg.tokenizer.pnc, sample_rate=cfg.model.sample_rate)
@@ -108,32 +123,36 @@ class AEDDataModule(L.LightningDataModule):
         self._sampler_epoch = None
         self._restored: dict | None = None
 
+    @property
+    def bucketing(self) -> BinsAndBatchSizes | None:
+        """The run's bins and batch sizes (None for the 'lhotse' sampler), read once."""
+        if self._bucketing is None and self.cfg.data.sampler != "lhotse":
+            self._bucketing = load_bucketing(self.cfg)
+        return self._bucketing
+
     def num_tokens(self, cut) -> int:
         return count_decoder_tokens(cut, self.tokenizer, self.cfg.tokenizer.pnc)
 
     def prepare_data(self) -> None:
         """Index the training inputs once per node (Lightning calls this on one process per node)."""
-        if self.cfg.data.sampler != "dynamic":
+        if self.cfg.data.sampler != "lhotse":
             training_sources(self.cfg, self.tokenizer)
 
     def build_train_sampler(self):
         d = self.cfg.data
         world_size = self.trainer.world_size if self.trainer is not None else 1
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        if d.sampler == "dynamic":
+        if d.sampler == "lhotse":
             cuts = open_manifest(manifest_path(self.cfg, "train")).filter(self.train_filter)
             return DynamicBucketingSampler(cuts, max_duration=d.max_duration_s, num_buckets=d.num_buckets,
                                            quadratic_duration=d.quadratic_duration_s, shuffle=d.shuffle,
                                            buffer_size=d.buffer_size or 20000, seed=d.seed,
                                            world_size=world_size, rank=rank, drop_last=False)
-        from speech_ed.sampling import load_bucket_batch_sizes, load_bucket_bins
-
-        bins = load_bucket_bins(d.bucket_bins) if d.bucket_bins else None
-        batch_sizes = load_bucket_batch_sizes(d.bucket_batch_sizes, bins) if d.bucket_batch_sizes else None
+        bins, batch_sizes = self.bucketing.bins, self.bucketing.batch_sizes
         sources = training_sources(self.cfg, self.tokenizer, num_workers=0)
         weights = [i.weight for i in d.inputs] if d.inputs and d.inputs[0].weight is not None else None
         sampler = BucketingSampler(sources=sources, weights=weights, cuts_per_epoch=d.cuts_per_epoch, bins=bins,
-                                   strategy=SAMPLER_STRATEGY[d.sampler], batch_sizes=batch_sizes,
+                                   strategy=d.sampler, batch_sizes=batch_sizes,
                                    max_duration_s=d.max_duration_s, quadratic_duration_s=d.quadratic_duration_s,
                                    shuffle=d.shuffle, seed=d.seed, buffer_size=d.buffer_size,
                                    world_size=world_size, rank=rank, sortagrad=d.sortagrad, strict=d.strict_2d)
@@ -147,18 +166,18 @@ class AEDDataModule(L.LightningDataModule):
         restored, self._restored = self._restored, None
         if restored is not None:
             state = restored.get("sampler")
-            if state is not None and self.cfg.data.sampler != "dynamic" and state.get("format", 1) != 2:
+            if state is not None and self.cfg.data.sampler != "lhotse" and state.get("format", 1) != 2:
                 # written by speech_ed before the scale-correct sampler: the weights, optimiser and step count
                 # still resume; only the interrupted epoch cannot continue batch for batch
                 warnings.warn("the checkpoint's sampler state is from an older speech_ed: training resumes (weights, "
                               "optimiser, step count), but the interrupted epoch starts again from its beginning")
                 self.sampler.set_epoch(int(state.get("epoch", 0)))
-            elif state is not None and self.cfg.data.sampler != "dynamic":
+            elif state is not None and self.cfg.data.sampler != "lhotse":
                 self.sampler.load_state_dict(state)
                 self._consumed, self._sampler_epoch = self.sampler.steps_done, self.sampler.epoch
-            elif self.cfg.data.sampler == "dynamic":
-                warnings.warn("data.sampler=dynamic (lhotse) cannot resume mid-epoch: the interrupted epoch "
-                              "starts again from its beginning; use bucket2d or random for an exact resume")
+            elif self.cfg.data.sampler == "lhotse":
+                warnings.warn("data.sampler=lhotse cannot resume mid-epoch: the interrupted epoch starts again "
+                              "from its beginning; use 2d, 1d or random for an exact resume")
         return torch.utils.data.DataLoader(self.dataset, sampler=self.sampler, batch_size=None,
                                            num_workers=self.cfg.data.num_workers,
                                            persistent_workers=self.cfg.data.num_workers > 0)

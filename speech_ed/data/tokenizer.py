@@ -13,8 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -97,15 +95,14 @@ class Tokenizer:
             control_symbols=control_tokens(languages), hard_vocab_limit=False, num_threads=2,
             minloglevel=2,
         )
-        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            (Path(tmp) / "tokenizer.model").write_bytes(model.getvalue())
-            sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
-            meta = {"languages": languages, "vocab_size": sp.get_piece_size(), "requested_vocab_size": vocab_size,
-                    "model_type": model_type, "num_training_texts": len(texts)}
-            (Path(tmp) / "tokenizer.json").write_text(json.dumps(meta, indent=1))
-            for name in ("tokenizer.json", "tokenizer.model"):  # model last: its presence means 'complete'
-                shutil.move(str(Path(tmp) / name), str(out_dir / f".{name}.tmp"))
-                os.replace(out_dir / f".{name}.tmp", out_dir / name)
+        from speech_ed.atomic import atomic_write_binary, atomic_write_text
+
+        sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+        meta = {"languages": languages, "vocab_size": sp.get_piece_size(), "requested_vocab_size": vocab_size,
+                "model_type": model_type, "num_training_texts": len(texts)}
+        atomic_write_text(out_dir / "tokenizer.json", json.dumps(meta, indent=1))
+        # the model last: its presence means 'complete'
+        atomic_write_binary(out_dir / "tokenizer.model", lambda f: f.write(model.getvalue()))
         return cls(out_dir / "tokenizer.model")
 
     @property
@@ -320,3 +317,30 @@ def _is_language_token(piece: str) -> bool:
     import re
 
     return re.fullmatch(r"<\|[a-z]{2}(-[A-Z]{2})?\|>", piece) is not None
+
+
+def train_tokenizer_on_cuts(cuts_path: str | os.PathLike, out_dir: str | os.PathLike, vocab_size: int,
+                            languages: Iterable[str], pnc: bool = False, model_type: str = "bpe") -> Tokenizer:
+    """Train on the decoder targets of the cuts (audio-less cuts are fine); cuts without text are counted.
+
+    ``speech-ed train-tokenizer`` and every recipe's tokenizer stage call this.
+    """
+    from lhotse import CutSet
+
+    from speech_ed.data.prompt import cut_target  # prompt builds on this module
+
+    texts, no_text = [], 0
+    for cut in CutSet.from_file(cuts_path):
+        try:
+            text = cut_target(cut, pnc).text
+        except ValueError:
+            text = ""
+        if text.strip():
+            texts.append(text)
+        else:
+            no_text += 1
+    if no_text:
+        print(f"train-tokenizer: {no_text} cuts without text were not used")
+    tok = Tokenizer.train(texts, out_dir, vocab_size, languages, model_type)
+    print(f"train-tokenizer: {tok.vocab_size} pieces from {len(texts)} transcripts -> {tok.model_path}")
+    return tok

@@ -11,36 +11,14 @@ Shapes: B batch, S samples, P prompt tokens.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 
-from speech_ed.models.decoding import DecodeOptions, ctc_greedy_decode, decode
+from speech_ed.models.decoding import DEFAULT_JOINT, DecodeOptions, ctc_greedy_decode, decode, decode_options
 
-DEFAULT_JOINT = {"mode": "joint"}
-"""What ``eval.mode=auto`` means for a model with a CTC head (chosen on the embedded dev split: see
-docs/DECODING.md); without a CTC head 'auto' is attention decoding."""
-
-
-def decode_options(eval_cfg, has_ctc: bool) -> DecodeOptions:
-    """The :class:`DecodeOptions` of an :class:`speech_ed.config.EvalConfig` for a model with/without CTC.
-
-    Raises:
-        ValueError: a mode that needs the CTC head on a model without one.
-    """
-    mode = eval_cfg.mode
-    if mode == "auto":
-        mode = DEFAULT_JOINT["mode"] if has_ctc else "attention"
-    if mode in ("joint", "ctc") and not has_ctc:
-        raise ValueError(f"eval.mode={mode} needs a model with a CTC head (this one has none); use "
-                         "eval.mode=attention or auto")
-    names = {f.name for f in dataclasses.fields(DecodeOptions)}
-    values = {k: getattr(eval_cfg, k) for k in names if hasattr(eval_cfg, k) and k != "mode"}
-    options = DecodeOptions(mode=mode, **values)
-    options.check()
-    return options
+__all__ = ["DEFAULT_JOINT", "DecodeOptions", "DecodedBatch", "decode_audio", "decode_options"]
 
 
 @dataclass

@@ -141,7 +141,6 @@ def evaluate_split(cfg, model_path=None) -> dict:
     """
     import json
     import platform
-    from pathlib import Path
 
     from lhotse import CutSet
 
@@ -149,9 +148,10 @@ def evaluate_split(cfg, model_path=None) -> dict:
     from speech_ed.data.datamodule import manifest_path
     from speech_ed.evaluation.decoding import decode_options
     from speech_ed.evaluation.model_io import load_for_inference
+    from speech_ed.paths import RunPaths
 
-    run_dir = cfg.run_dir
-    model, tokenizer = load_for_inference(model_path or run_dir / "model.pt")
+    paths = RunPaths.from_config(cfg)
+    model, tokenizer = load_for_inference(model_path or paths.model)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     cuts = CutSet.from_file(manifest_path(cfg, cfg.eval.split)).to_eager()
@@ -161,7 +161,7 @@ def evaluate_split(cfg, model_path=None) -> dict:
     out = transcribe_cuts(model, tokenizer, cuts, batch_size=e.batch_size, max_duration_s=cfg.data.max_duration_s * 4,
                           pnc=cfg.tokenizer.pnc, dtype=dtype, options=options)
     rows = out["rows"]
-    train_stats_path = Path(run_dir) / "train_stats.json"
+    train_stats_path = paths.train_stats
     results = {
         "recipe": cfg.recipe, "run": cfg.run, "split": e.split, "num_utterances": len(rows),
         "audio_seconds": round(out["audio_seconds"], 2), "wall_seconds": round(out["wall_seconds"], 2),
@@ -173,8 +173,8 @@ def evaluate_split(cfg, model_path=None) -> dict:
         "train": json.loads(train_stats_path.read_text()) if train_stats_path.is_file() else {},
         "examples": [{"ref": r["ref"], "hyp": r["hyp"]} for r in rows[:: max(1, len(rows) // 8)][:8]],
     }
-    atomic_write_json(run_dir / "results.json", results)
-    atomic_write_json(run_dir / "hypotheses.json", rows)
-    atomic_write_text(run_dir / "RESULTS.md", results_markdown(results))
+    atomic_write_json(paths.results, results)
+    atomic_write_json(paths.hypotheses(), rows)
+    atomic_write_text(paths.results_markdown, results_markdown(results))
     print(results_markdown(results))
     return results

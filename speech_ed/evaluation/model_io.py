@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
+from speech_ed.atomic import atomic_write_binary, atomic_write_text
 from speech_ed.data.tokenizer import Tokenizer
 from speech_ed.models.checkpoint import load_model_file
 from speech_ed.nemo.archive import is_nemo_path
@@ -35,8 +37,6 @@ def load_for_inference(path: str | Path, device: str = "cpu"):
     if "tokenizer_model" not in extra:
         raise ValueError(f"{path} carries no tokenizer; re-export it with `speech-ed train`")
     tmp = Path(tempfile.mkdtemp(prefix="speech_ed_tok_"))
-    (tmp / "tokenizer.model").write_bytes(extra["tokenizer_model"])
-    import json
-
-    (tmp / "tokenizer.json").write_text(json.dumps(extra.get("tokenizer_meta", {})))
+    atomic_write_binary(tmp / "tokenizer.model", lambda f: f.write(extra["tokenizer_model"]))
+    atomic_write_text(tmp / "tokenizer.json", json.dumps(extra.get("tokenizer_meta", {})))
     return model.to(device), Tokenizer.load(tmp / "tokenizer.model")

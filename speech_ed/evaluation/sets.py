@@ -2,7 +2,7 @@
 
 Usage::
 
-    results = evaluate_sets(cfg, {"test-clean": run_dir / "manifests/cuts_test-clean.jsonl.gz", ...})
+    results = evaluate_sets(cfg, {"test-clean": RunPaths.from_config(cfg).manifest("test-clean"), ...})
 
 Writes ``<run_dir>/results.json`` (one entry per set: utterances, audio seconds, WER of the attention decoder
 and of CTC greedy when the model has a CTC head, RTFx), ``hypotheses_<set>.json`` and ``RESULTS.md``. With
@@ -21,6 +21,7 @@ import torch
 
 from speech_ed.atomic import atomic_write_json, atomic_write_text
 from speech_ed.config import ExperimentConfig
+from speech_ed.paths import RunPaths
 from speech_ed.wandb_mode import wandb_mode
 
 
@@ -51,9 +52,9 @@ def evaluate_sets(cfg: ExperimentConfig, sets: dict[str, str | Path],
     missing = [str(p) for p in sets.values() if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"test set manifests missing: {missing} (run the recipe's manifests stage)")
-    run_dir, e = cfg.run_dir, cfg.eval
+    paths, e = RunPaths.from_config(cfg), cfg.eval
     device = inference_device(cfg)
-    model, tokenizer = load_for_inference(model_path or run_dir / "model.pt", device=device)
+    model, tokenizer = load_for_inference(model_path or paths.model, device=device)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     dtype = torch.bfloat16 if cfg.trainer.precision.startswith("bf16") else None
@@ -73,16 +74,16 @@ def evaluate_sets(cfg: ExperimentConfig, sets: dict[str, str | Path],
             "wer": wer.get("overall"), "wer_ctc": wer_ctc.get("overall"), "skipped": out["skipped"],
             "examples": [{"ref": r["ref"], "hyp": r["hyp"]} for r in rows[:: max(1, len(rows) // 4)][:4]],
         }
-        atomic_write_json(run_dir / f"hypotheses_{name}.json", rows)
+        atomic_write_json(paths.hypotheses(name), rows)
         print(f"evaluate: {name}: {len(rows)} utterances, WER {per_set[name]['wer']}%, "
               f"RTFx {per_set[name]['rtfx']}", flush=True)
-    train_stats = run_dir / "train_stats.json"
+    train_stats = paths.train_stats
     results = {"recipe": cfg.recipe, "run": cfg.run, "model_preset": cfg.model_preset,
                "decoding": options.describe(),
                "device": describe_device(device), "sets": per_set,
                "train": json.loads(train_stats.read_text()) if train_stats.is_file() else {}}
-    atomic_write_json(run_dir / "results.json", results)
-    atomic_write_text(run_dir / "RESULTS.md", sets_markdown(results))
+    atomic_write_json(paths.results, results)
+    atomic_write_text(paths.results_markdown, sets_markdown(results))
     print(sets_markdown(results))
     if cfg.trainer.logger == "wandb":
         log_results_to_wandb(cfg, results)

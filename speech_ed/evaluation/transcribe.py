@@ -2,6 +2,8 @@
 
 Usage::
 
+    for path, text, error in transcribe_model_file("exp/espeak_multilingual/default/model.pt", ["a.wav"], "es"):
+        ...                                                    # what ``speech-ed transcribe`` prints
     model, tokenizer = load_for_inference("exp/espeak_multilingual/default/model.pt")
     for path, text, error in transcribe_files(model, tokenizer, ["a.wav"], "es", options=DecodeOptions()):
         ...
@@ -77,3 +79,43 @@ def transcribe_files(model, tokenizer, paths: list[str], language: str, batch_si
         for (i, _), h in zip(chunk, out.hyps):
             results[i] = (paths[i], tokenizer.decode(h), None)
     return [results[i] for i in range(len(paths))]
+
+
+class TranscribeError(ValueError):
+    """A language the model does not know, or a decoding mode it cannot run; nothing was decoded."""
+
+
+def transcribe_model_file(model_path, paths: list[str], language: str | None = None, batch_size: int = 16,
+                          mode: str | None = None, beam_size: int | None = None, ctc_weight: float | None = None
+                          ) -> list[tuple[str, str | None, str | None]]:
+    """``speech-ed transcribe``: load a model file and transcribe ``paths`` with :func:`transcribe_files`.
+
+    Args:
+        model_path: ``model.pt`` (or a ``.nemo``).
+        language: source language (default: the model's first).
+        mode, beam_size, ctc_weight: decoding as ``eval.*`` (None: the :class:`speech_ed.config.EvalConfig`
+            default), the way ``speech-ed evaluate`` decodes.
+
+    Returns:
+        ``(path, text, error)`` per path, in input order.
+
+    Raises:
+        TranscribeError: unknown language, or a mode that needs a CTC head the model lacks.
+    """
+    import dataclasses
+
+    from speech_ed.config import EvalConfig
+    from speech_ed.evaluation.decoding import decode_options
+    from speech_ed.evaluation.model_io import load_for_inference
+
+    model, tokenizer = load_for_inference(model_path)
+    language = language or (tokenizer.languages[0] if tokenizer.languages else "en")
+    if not tokenizer.has_language(language):
+        raise TranscribeError(f"language {language!r} unknown to this model (it knows {tokenizer.languages})")
+    chosen = {"mode": mode, "beam_size": beam_size, "ctc_weight": ctc_weight}
+    eval_cfg = dataclasses.replace(EvalConfig(), **{k: v for k, v in chosen.items() if v is not None})
+    try:
+        options = decode_options(eval_cfg, has_ctc=model.ctc is not None)
+    except ValueError as e:
+        raise TranscribeError(str(e)) from None
+    return transcribe_files(model, tokenizer, paths, language, batch_size, options=options)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    spec = padding_workspace("speech_ed", padding_group="ls960-padding", training_runs=["librispeech/sampler-random"])
+    spec = padding_workspace("speech_ed", padding_group="ls960-padding", training_runs=["librispeech/sampler-2d"])
     missing = missing_metrics(spec, {"padding": {"input_padding", ...}, "training": {"train/all_ranks/...", ...}})
 
 The spec mirrors the objects of W&B's workspace API (the ``wandb-workspaces`` package: ``Workspace`` with
@@ -13,7 +13,7 @@ talks to the W&B server. Two sections:
 * ``padding``: the runs of one ``speech-ed padding-report --wandb --wandb-group G`` (one run per strategy, named
   after it): bar charts of ``input_padding`` / ``output_padding`` and of what the padding bought
   (``mean_batch_size``, ``num_batches``).
-* ``training``: training runs (e.g. one per sampler): padding and throughput summed over all ranks against
+* ``training``: training runs (e.g. one per ``data.sampler``: random, 1d, 2d, lhotse): padding and throughput summed over all ranks against
   ``trainer/global_step``, and the per-bucket batch sizes (``train/bucket`` against ``train/batch_size``).
 """
 

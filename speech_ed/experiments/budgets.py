@@ -63,10 +63,14 @@ class PreparedRun:
     tokenizer: Path
     bins: Path
 
+    def manifest(self, split: str) -> Path:
+        """``<manifest_dir>/cuts_<split>.jsonl.gz`` (as :meth:`speech_ed.paths.RunPaths.manifest`)."""
+        return self.manifest_dir / f"cuts_{split}.jsonl.gz"
+
     def check(self) -> None:
         """Raise FileNotFoundError naming every missing artefact and the stage that makes it."""
-        need = {self.manifest_dir / "cuts_train.jsonl.gz": "prepare", self.manifest_dir / "cuts_dev.jsonl.gz":
-                "prepare", self.tokenizer: "tokenizer", self.bins: "bins"}
+        need = {self.manifest("train"): "prepare", self.manifest("dev"): "prepare", self.tokenizer: "tokenizer",
+                self.bins: "bins"}
         missing = [f"{p} (stage '{stage}')" for p, stage in need.items() if not Path(p).is_file()]
         if missing:
             raise FileNotFoundError("the run is not prepared; missing: " + ", ".join(missing) + ". Run the "
@@ -75,11 +79,11 @@ class PreparedRun:
 
 
 def prepared_run(cfg: ExperimentConfig) -> PreparedRun:
-    """The prepared artefacts ``cfg`` points to (its own fields, else the run folder's standard names)."""
-    run = cfg.run_dir
-    return PreparedRun(Path(cfg.data.manifest_dir) if cfg.data.manifest_dir else run / "manifests",
-                       Path(cfg.tokenizer.path) if cfg.tokenizer.path else run / "tokenizer" / "tokenizer.model",
-                       Path(cfg.data.bucket_bins) if cfg.data.bucket_bins else run / "bucket_bins.yaml")
+    """The prepared artefacts ``cfg`` points to (see :class:`speech_ed.paths.RunPaths`)."""
+    from speech_ed.paths import RunPaths
+
+    paths = RunPaths.from_config(cfg)
+    return PreparedRun(paths.manifest_dir, paths.tokenizer_model, paths.bucket_bins)
 
 
 def duration_intervals(durations: np.ndarray, tokens: np.ndarray, ratio: float) -> list[tuple[float, float, int]]:
@@ -130,17 +134,10 @@ def _fingerprint(path: Path) -> str:
 
 
 def build_probe(cfg: ExperimentConfig, vocab_size: int, memory: MemorySettings):
-    """The OOMptimizer probe for ``cfg``'s model and training step (the tokenizer's vocabulary)."""
-    import torch
+    """The OOMptimizer probe for ``cfg``'s model and training step (the tokenizer's vocabulary), and the dims."""
+    from speech_ed.oomptimizer.runner import build_config_probe
 
-    from speech_ed.oomptimizer import CudaProbe, StepSettings, make_probe
-
-    dims = dataclasses.replace(cfg.model, vocab_size=vocab_size)
-    settings = StepSettings.from_config(cfg)
-    if memory.probe == "cuda":  # an indexed device: set_per_process_memory_fraction refuses a bare "cuda"
-        device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cuda"
-        return CudaProbe(dims, settings, memory.memory_fraction, memory.memory_gib, device=device), dims
-    return make_probe(memory.probe, dims, settings, memory.memory_gib, memory.memory_fraction), dims
+    return build_config_probe(cfg, memory.probe, vocab_size, memory.memory_gib, memory.memory_fraction)
 
 
 def find_safe_budgets(cfg: ExperimentConfig, prepared: PreparedRun, memory: MemorySettings, out_dir: Path,
@@ -158,7 +155,7 @@ def find_safe_budgets(cfg: ExperimentConfig, prepared: PreparedRun, memory: Memo
     tokenizer = Tokenizer.load(prepared.tokenizer)
     dims = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     bins = load_bucket_bins(prepared.bins)
-    manifest = prepared.manifest_dir / "cuts_train.jsonl.gz"
+    manifest = prepared.manifest("train")
     key = {"model_hash": model_config_hash(dims), "precision": cfg.trainer.precision,
            "optim": [cfg.optim.lr, list(cfg.optim.betas), cfg.optim.weight_decay, cfg.optim.grad_clip],
            "loss": [cfg.loss.label_smoothing, cfg.loss.ctc_weight], "memory": dataclasses.asdict(memory),
@@ -189,10 +186,10 @@ def find_safe_budgets(cfg: ExperimentConfig, prepared: PreparedRun, memory: Memo
 def _search(cfg, memory: MemorySettings, tokenizer, prepared: PreparedRun, bins, sizes_file: Path, log) -> dict:
     """Run the OOMptimizer on the 2D bins and on the duration intervals; save the 2D batch-size file."""
     from speech_ed.data.lengths import measure_manifest_lengths
-    from speech_ed.oomptimizer import bins_as_pairs, run_oomptimizer, save_batch_sizes
+    from speech_ed.oomptimizer.runner import BatchSizeError, run_oomptimizer, search_and_save
 
     d = cfg.data
-    lengths = measure_manifest_lengths(prepared.manifest_dir / "cuts_train.jsonl.gz", prepared.tokenizer,
+    lengths = measure_manifest_lengths(prepared.manifest("train"), prepared.tokenizer,
                                        pnc=cfg.tokenizer.pnc, progress=False)
     keep = (lengths.durations >= d.min_duration_s) & (lengths.durations <= d.max_utterance_s)
     intervals = duration_intervals(lengths.durations[keep], lengths.tokens[keep], memory.interval_ratio)
@@ -201,15 +198,13 @@ def _search(cfg, memory: MemorySettings, tokenizer, prepared: PreparedRun, bins,
         f"{bins.num_buckets} 2D buckets and {len(intervals)} duration intervals to search")
     say = (lambda line: log("  " + line))
     log("budgets: 2D bins (OOMptimizer)")
-    results_2d = run_oomptimizer(bins_as_pairs(bins), probe, rel_gap=memory.rel_gap, log=say)
-    sizes = [r.batch_size for r in results_2d]
-    if min(sizes) < 1:
-        raise ValueError(f"buckets {[i for i, s in enumerate(sizes) if s < 1]} fit no example in the memory "
-                         "budget; raise --memory-gib")
     command = (f"speech-ed efficiency-study (probe {memory.probe}, memory {memory.memory_gib} GiB x "
                f"{memory.memory_fraction})")
-    save_batch_sizes(sizes_file, bins, results_2d, sizes, probe, dims, cfg.trainer.precision, memory.memory_gib,
-                     memory.memory_fraction, 0.0, command, {"start": 32, "rel_gap": memory.rel_gap})
+    try:
+        results_2d, sizes = search_and_save(bins, probe, dims, cfg.trainer.precision, sizes_file, memory.memory_gib,
+                                            memory.memory_fraction, 0.0, command, rel_gap=memory.rel_gap, log=say)
+    except BatchSizeError as e:
+        raise ValueError(f"buckets {e.buckets} fit no example in the memory budget; raise --memory-gib") from None
     log("budgets: duration intervals (worst batch of a padding-aware budget)")
     results_1d = run_oomptimizer([(hi, u) for _, hi, u in intervals], probe, rel_gap=memory.rel_gap, log=say)
     interval_sizes = [r.batch_size for r in results_1d]

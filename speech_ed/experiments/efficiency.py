@@ -3,22 +3,24 @@
 Usage::
 
     study = run_study(["recipes/espeak_multilingual/config.yaml"], ["run=cal1"],
-                      StudySettings(strategies=["random", "1d", "2d-oomptimizer"], minutes=10, memory_gib=1.5))
+                      StudySettings(strategies=["random", "lhotse", "2d-oomptimizer"], minutes=10,
+                                    memory_gib=1.5))
 
-Strategies (each trains from scratch into ``<run>/efficiency/<strategy>/``, reusing the run's manifests,
-tokenizer and bins):
+Strategies, named by the batching strategy they train with (:mod:`speech_ed.sampling.strategies`) and what is
+added to it; each trains from scratch into ``<run>/efficiency/<strategy>/``, reusing the run's manifests,
+tokenizer and bins:
 
-* ``random``: no bucketing (speech_ed's sampler, strategy 'random') with the largest padding-aware
-  ``max_duration_s`` that is safe under the budget;
-* ``1d``: Lhotse's ``DynamicBucketingSampler`` (``data.sampler=dynamic``, ``data.num_buckets`` duration
-  buckets) with a quadratic duration penalty and the largest safe ``max_duration_s``;
-* ``2d-oomptimizer``: speech_ed's 2D bucketing on the run's bins with per-bucket batch sizes from the
-  OOMptimizer.
+* ``random``: no bucketing (``data.sampler=random``) with the largest padding-aware ``max_duration_s`` that is
+  safe under the budget;
+* ``lhotse``: lhotse's ``DynamicBucketingSampler`` (``data.sampler=lhotse``, ``data.num_buckets`` duration
+  buckets) with a quadratic duration penalty and the largest safe ``max_duration_s`` (the 1D budget);
+* ``2d-oomptimizer``: speech_ed's 2D bucketing (``data.sampler=2d``) on the run's bins with per-bucket batch
+  sizes from the OOMptimizer.
 
 Two ablations separate the batching from the curriculum (the 2D strategy's SortaGrad first epoch, below):
 
-* ``1d-sortagrad``: speech_ed's 1D bucketing (``data.sampler=bucket1d``) on the duration groups of the run's
-  bins, with the ``1d`` budget (same ``max_duration_s`` and penalty) and SortaGrad on: the 1D baseline with
+* ``1d-sortagrad``: speech_ed's 1D bucketing (``data.sampler=1d``) on the duration groups of the run's bins,
+  with the 1D budget of ``lhotse`` (same ``max_duration_s`` and penalty) and SortaGrad on: a 1D baseline with
   the 2D strategy's curriculum;
 * ``2d-no-sortagrad``: ``2d-oomptimizer`` with SortaGrad off.
 
@@ -46,16 +48,23 @@ from pathlib import Path
 from speech_ed.atomic import atomic_write_json
 from speech_ed.config import ConfigError, ExperimentConfig, load_config
 from speech_ed.experiments.budgets import MemorySettings, find_safe_budgets, measure_batches, prepared_run
+from speech_ed.oomptimizer.probes import resolve_probe
+from speech_ed.sampling.strategies import WITH_BINS
 
-STRATEGIES = ("random", "1d", "2d-oomptimizer")
+STRATEGIES = ("random", "lhotse", "2d-oomptimizer")
 ABLATIONS = ("1d-sortagrad", "2d-no-sortagrad")
+BUDGETS = ("random", "1d", "2d-oomptimizer")
+"""The safe settings of :func:`find_safe_budgets`: a duration budget without (random) and with (1d) the
+quadratic penalty, and the OOMptimizer's per-bucket sizes."""
 SETUP = {  # strategy -> (the safe setting it trains with, data.sampler, data.sortagrad; None: the config's)
     "random": ("random", "random", None),
-    "1d": ("1d", "dynamic", None),
-    "2d-oomptimizer": ("2d-oomptimizer", "bucket2d", None),
-    "1d-sortagrad": ("1d", "bucket1d", True),
-    "2d-no-sortagrad": ("2d-oomptimizer", "bucket2d", False),
+    "lhotse": ("1d", "lhotse", None),
+    "2d-oomptimizer": ("2d-oomptimizer", "2d", None),
+    "1d-sortagrad": ("1d", "1d", True),
+    "2d-no-sortagrad": ("2d-oomptimizer", "2d", False),
 }
+RENAMED = {"1d": "lhotse"}
+"""Study strategies named otherwise before (``1d`` was lhotse's sampler, now 1D means speech_ed's)."""
 NEVER = 1_000_000_000  # "no limit" for trainer.max_steps and checkpointing
 
 
@@ -78,6 +87,10 @@ class StudySettings:
     """Retrain strategies that already finished with the same settings."""
 
     def validate(self) -> None:
+        renamed = [f"'{s}' is now '{RENAMED[s]}'" for s in self.strategies if s in RENAMED]
+        if renamed:
+            raise ConfigError(f"--strategies: {', '.join(renamed)} (lhotse's DynamicBucketingSampler); choose "
+                              f"from {list(STRATEGIES + ABLATIONS)}")
         unknown = sorted(set(self.strategies) - set(STRATEGIES) - set(ABLATIONS))
         if unknown or not self.strategies:
             raise ConfigError(f"--strategies: unknown {unknown or 'none given'}; choose from "
@@ -111,7 +124,7 @@ def strategy_overrides(name: str, base: ExperimentConfig, budgets: dict, setting
         q = settings.quadratic_duration_s if budget == "1d" else None
         batch = [f"data.max_duration_s={budgets[budget]['max_duration_s']}",
                  f"data.quadratic_duration_s={q if q else 'null'}", "data.bucket_batch_sizes=''"]
-    bins = prepared.bins if sampler in ("bucket1d", "bucket2d") else "''"
+    bins = prepared.bins if sampler in WITH_BINS else "''"
     return (common + [f"data.sampler={sampler}", f"data.bucket_bins={bins}", *batch]
             + ([] if sortagrad is None else [f"data.sortagrad={str(sortagrad).lower()}"]))
 
@@ -162,15 +175,6 @@ def run_strategy(cfg: ExperimentConfig, name: str, dev_cuts: list, tokenizer, se
     return result
 
 
-def resolve_probe(cfg: ExperimentConfig, probe: str) -> str:
-    """'auto' -> 'cuda' when training runs on a visible GPU, else 'cpu'."""
-    if probe != "auto":
-        return probe
-    import torch
-
-    return "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
-
-
 def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettings, command: str = "",
               log: Callable[[str], None] = lambda line: print(line, flush=True)) -> dict:
     """Run every strategy and write ``efficiency.json`` and the report; returns the study.
@@ -179,16 +183,18 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
         ConfigError: bad settings or config; FileNotFoundError: the run is not prepared.
     """
     from speech_ed.data.tokenizer import Tokenizer
-    from speech_ed.experiments.report import add_comparisons, write_report
     from speech_ed.evaluation.sets import describe_device, inference_device
     from speech_ed.experiments.dev_curve import load_dev_subset
+    from speech_ed.experiments.report import add_comparisons, write_report
 
     settings.validate()
     user = list(overrides)
     base = load_config(yaml_paths, user)
     prepared = prepared_run(base)
     prepared.check()
-    settings.memory.probe = resolve_probe(base, settings.memory.probe)
+    # 'auto': cuda when training runs on a visible GPU, else cpu (the study names no target GPU: it measures
+    # the machine it trains on)
+    settings.memory.probe = resolve_probe(settings.memory.probe, base.trainer.accelerator)
     out_dir = base.run_dir / "efficiency"
     log(f"efficiency study: {base.recipe}/{base.run}, preset {base.model_preset}, strategies "
         f"{', '.join(settings.strategies)}, " + (f"{settings.minutes:g} min" if settings.minutes else "")
@@ -217,11 +223,11 @@ def run_study(yaml_paths: list[str], overrides: list[str], settings: StudySettin
                      # where SortaGrad took effect: speech_ed's bucketing samplers (random has no buckets to
                      # order, lhotse's sampler has no SortaGrad)
                      "sortagrad": {name: configs[name].data.sortagrad and configs[name].data.sampler in
-                                   ("bucket2d", "bucket1d") for name in settings.strategies},
-                     "num_buckets_1d": base.data.num_buckets},
+                                   WITH_BINS for name in settings.strategies},
+                     "num_buckets_lhotse": base.data.num_buckets},
         "memory": {k: budgets.get(k) for k in ("probe", "device", "memory_gib", "memory_fraction", "limit_gib",
                                                "trials")},
-        "budgets": {name: budgets[name] for name in STRATEGIES},
+        "budgets": {name: budgets[name] for name in BUDGETS},
         "strategies": {name: {"batch_setting": batch_setting(name, budgets), **r} for name, r in results.items()},
         "strategy_order": list(settings.strategies),  # the JSON is written with sorted keys
     }

@@ -17,8 +17,8 @@ from speech_ed.models.frontend import LogMelFrontend, SpecAugment, frontend_opti
 from speech_ed.models.subsampling import ConvSubsampling
 
 
-def check_dims(dims: ModelDims) -> None:
-    """Raise ValueError naming the ModelDims field when the model cannot be built."""
+def check_dims(dims: ModelDims, prefix: str = "ModelDims.") -> None:
+    """Raise ValueError naming the ModelDims field (after ``prefix``) when the model cannot be built."""
     checks = [
         ("vocab_size", dims.vocab_size > 0, "must be > 0 (set it from the tokenizer before building)"),
         ("subsampling_factor", dims.subsampling_factor in (4, 8), "must be 4 or 8"),
@@ -34,8 +34,8 @@ def check_dims(dims: ModelDims) -> None:
     ]
     for name, ok, why in checks:
         if not ok:
-            raise ValueError(f"ModelDims.{name}={getattr(dims, name)!r}: {why}")
-    check_parity_options(dims)
+            raise ValueError(f"{prefix}{name}={getattr(dims, name)!r}: {why}")
+    check_parity_options(dims, prefix)
 
 
 def check_audio(audio: torch.Tensor, audio_lens: torch.Tensor) -> None:

@@ -21,21 +21,24 @@ Batched greedy and beam search drop finished rows from the computation (batch an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
 from speech_ed.models.steppers import make_stepper
 
-MODES = ("attention", "joint", "ctc")
+DecodeMode = Literal["attention", "joint", "ctc"]
+MODES = get_args(DecodeMode)
 
 
 @dataclass
 class DecodeOptions:
     """How :func:`decode` decodes (see the module docstring)."""
 
-    mode: str = "attention"
+    mode: DecodeMode = "attention"
     """'attention', 'joint' (needs CTC logits) or 'ctc'."""
     beam_size: int = 1
     ctc_weight: float = 0.3
@@ -43,7 +46,7 @@ class DecodeOptions:
     pre_beam: int = 0
     """'joint': attention candidates scored by CTC per hypothesis (0: max(4, 1.5 x beam_size))."""
     length_penalty: float = 1.0
-    penalty_style: str = "gnmt"
+    penalty_style: Literal["gnmt", "simple"] = "gnmt"
     """Beam search length normalisation: 'gnmt' ((5 + L) / 6) ** alpha or 'simple' L ** alpha."""
     max_len_ratio: float = 0.6
     """At most floor(max_len_ratio x encoder frames) + 3 tokens."""
@@ -305,3 +308,28 @@ def decode(model, enc: torch.Tensor, enc_lens: torch.Tensor, prompt: torch.Tenso
                        length_penalty=o.length_penalty, penalty_style=o.penalty_style,
                        ctc_logits=ctc_logits if joint else None, ctc_weight=o.ctc_weight if joint else 0.0,
                        pre_beam=pre_beam, blank_id=blank_id, **common)
+
+
+DEFAULT_JOINT = {"mode": "joint"}
+"""What ``eval.mode=auto`` means for a model with a CTC head (chosen on the embedded dev split: see
+docs/DECODING.md); without a CTC head 'auto' is attention decoding."""
+
+
+def decode_options(eval_cfg, has_ctc: bool) -> DecodeOptions:
+    """The :class:`DecodeOptions` of an eval config (``speech_ed.config.EvalConfig``, or any object with
+    :class:`DecodeOptions`' fields) for a model with (``has_ctc``) or without a CTC head.
+
+    Raises:
+        ValueError: a mode that needs the CTC head on a model without one.
+    """
+    mode = eval_cfg.mode
+    if mode == "auto":
+        mode = DEFAULT_JOINT["mode"] if has_ctc else "attention"
+    if mode in ("joint", "ctc") and not has_ctc:
+        raise ValueError(f"eval.mode={mode} needs a model with a CTC head (this one has none); use "
+                         "eval.mode=attention or auto")
+    names = {f.name for f in dataclasses.fields(DecodeOptions)}
+    values = {k: getattr(eval_cfg, k) for k in names if hasattr(eval_cfg, k) and k != "mode"}
+    options = DecodeOptions(mode=mode, **values)
+    options.check()
+    return options

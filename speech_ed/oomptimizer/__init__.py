@@ -12,6 +12,7 @@ API::
     sim.peak_bytes(B, d, u); sim.replay(B, d, u, fresh=True) -> (fits, allocated, reserved); sim.fits(B, d, u)
     results = run_oomptimizer(bins_as_pairs(bins), probe)             # list[BucketResult]
     sizes = check_batch_sizes_match("bucket_batch_sizes.yaml", bins, dims)   # ValueError on a mismatch
+    probe = resolve_probe("auto", cfg.trainer.accelerator, cfg.oomptimize.target_gpu)  # cuda | simulate | cpu
     print(out_of_memory_advice("bucket_batch_sizes.yaml"))            # what to do after an OOM in training
 
 Imports ``models`` (to build the step) and ``sampling`` (bins and the YAML format), never ``training``.
@@ -23,6 +24,7 @@ from speech_ed.oomptimizer.cuda_model import GPU_COMPUTE_CAPABILITY, CudaSemanti
 from speech_ed.oomptimizer.io import (
                                       bins_as_pairs,
                                       check_batch_sizes_match,
+                                      check_model_hash,
                                       model_config_hash,
                                       out_of_memory_advice,
                                       save_batch_sizes,
@@ -35,6 +37,7 @@ from speech_ed.oomptimizer.probes import (
                                       SimulateProbe,
                                       TrialResult,
                                       make_probe,
+                                      resolve_probe,
 )
 from speech_ed.oomptimizer.runner import BucketResult, apply_safety_margin, run_oomptimizer
 from speech_ed.oomptimizer.search import SearchResult, Trial, find_max_batch_size, search_buckets
@@ -44,7 +47,7 @@ __all__ = [
     "GPU_COMPUTE_CAPABILITY", "GPU_MEMORY_GIB", "PRECISIONS", "BucketResult", "CachingAllocatorModel",
     "CpuProbe", "CudaProbe", "CudaSemantics", "GpuModel", "Probe", "SearchResult",
     "SimulateProbe", "StepSettings", "Trial", "TrainingStep", "TrialResult", "apply_safety_margin",
-    "bins_as_pairs", "build_training_step", "check_batch_sizes_match", "find_max_batch_size",
-    "make_probe", "make_worst_case_batch", "model_config_hash", "out_of_memory_advice", "run_oomptimizer",
+    "bins_as_pairs", "build_training_step", "check_batch_sizes_match", "check_model_hash",
+    "find_max_batch_size", "make_probe", "resolve_probe", "make_worst_case_batch", "model_config_hash", "out_of_memory_advice", "run_oomptimizer",
     "save_batch_sizes", "search_buckets", "tokens_for_1d_bin",
 ]

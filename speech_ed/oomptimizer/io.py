@@ -2,8 +2,10 @@
 
 The file is the sampling package's format (:func:`speech_ed.sampling.io.save_bucket_batch_sizes`) plus
 what the OOMptimizer knows: the probe, the device, the memory limit, the precision, the search's trials and a
-hash of the model dimensions. Training calls :func:`check_batch_sizes_match` and refuses sizes measured for
-another model or other bins; the error says how to regenerate them.
+hash of the model dimensions. Training reads bins and sizes once
+(:func:`speech_ed.sampling.io.load_bins_and_batch_sizes`, which checks the sizes belong to the bins) and calls
+:func:`check_model_hash` on the file's fields; :func:`check_batch_sizes_match` does both for one file. The
+errors say how to regenerate the file.
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ from speech_ed.oomptimizer.batch import tokens_for_1d_bin
 from speech_ed.oomptimizer.probes import GiB, Probe
 from speech_ed.oomptimizer.runner import BucketResult
 from speech_ed.sampling.bins import BucketBins
-from speech_ed.sampling.io import load_bucket_batch_sizes, save_bucket_batch_sizes
+from speech_ed.sampling.io import (
+    check_batch_sizes_belong,
+    read_bucket_batch_sizes,
+    regenerate_hint,
+    save_bucket_batch_sizes,
+)
 
 PathLike = Union[str, os.PathLike]
 BinsLike = Union[BucketBins, Sequence[Sequence[float]]]
-RECOVERY_DOC = "docs/BENCHMARKS.md#if-training-still-runs-out-of-memory"
+RECOVERY_DOC = "docs/OOMPTIMIZER.md#if-training-still-runs-out-of-memory"
 
 
 def bins_as_pairs(bins: BinsLike) -> list[tuple[float, int]]:
@@ -86,12 +93,6 @@ def save_batch_sizes(path: PathLike, bins: BucketBins, results: Sequence[BucketR
     save_bucket_batch_sizes(path, list(batch_sizes), bins, **meta)
 
 
-def _regenerate_hint(data: dict, path: PathLike) -> str:
-    cmd = data.get("command") or ("speech-ed oomptimize --config <your config> --bins <bucket_bins.yaml> "
-                                  f"--probe cuda --out {path}")
-    return f"regenerate it with: {cmd}"
-
-
 def check_batch_sizes_match(batch_sizes_file: PathLike, bins: BinsLike, model_dims: ModelDims) -> list[int]:
     """Refuse per-bucket batch sizes measured for another model or other bins.
 
@@ -107,10 +108,21 @@ def check_batch_sizes_match(batch_sizes_file: PathLike, bins: BinsLike, model_di
         ValueError: the file's model hash or bins differ from training's; the message names the field and
             the command that regenerates the file.
     """
-    path = Path(batch_sizes_file)
-    sizes = load_bucket_batch_sizes(path)  # format, version, sizes >= 1
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    hint = _regenerate_hint(data, path)
+    if not isinstance(bins, BucketBins):
+        bins = BucketBins([float(b[0]) for b in bins], [int(b[1]) for b in bins])
+    sizes, data = read_bucket_batch_sizes(batch_sizes_file)
+    check_model_hash(data, batch_sizes_file, model_dims)
+    check_batch_sizes_belong(sizes, data, bins, batch_sizes_file, require_recorded=True)
+    return sizes
+
+
+def check_model_hash(data: dict, path: PathLike, model_dims: ModelDims) -> None:
+    """Refuse the fields ``data`` of ``bucket_batch_sizes.yaml`` when they were measured for another model.
+
+    Raises:
+        ValueError: no or another ``model_hash``, with the command that regenerates the file.
+    """
+    hint = regenerate_hint(data, path)
     expected = model_config_hash(model_dims)
     recorded = data.get("model_hash")
     if recorded is None:
@@ -119,22 +131,6 @@ def check_batch_sizes_match(batch_sizes_file: PathLike, bins: BinsLike, model_di
     if recorded != expected:
         raise ValueError(f"{path}: field 'model_hash' is {recorded} but the model being trained hashes to "
                          f"{expected}: the batch sizes were measured for other model dimensions; {hint}")
-    pairs = bins_as_pairs(bins)
-    if len(sizes) != len(pairs):
-        raise ValueError(f"{path}: {len(sizes)} batch sizes but training uses {len(pairs)} buckets; {hint}")
-    file_buckets = data.get("buckets")
-    if file_buckets is None:
-        raise ValueError(f"{path}: no field 'buckets', so the bins these sizes were measured on are "
-                         f"unknown; {hint}")
-    file_durations = [float(b[0]) if isinstance(b, list) else float(b) for b in file_buckets]
-    file_tokens = data.get("probed_tokens") or [int(b[1]) for b in file_buckets if isinstance(b, list)]
-    for i, (d, t) in enumerate(pairs):
-        fd = file_durations[i] if i < len(file_durations) else None
-        ft = file_tokens[i] if i < len(file_tokens) else None
-        if fd is None or abs(fd - d) > 1e-6 or ft != t:
-            raise ValueError(f"{path}: bucket {i} is ({fd}, {ft}) in field 'buckets' but ({d}, {t}) in the "
-                             f"bins training uses: the batch sizes were measured for other bins; {hint}")
-    return sizes
 
 
 def out_of_memory_advice(batch_sizes_file: Optional[PathLike]) -> str:

@@ -35,7 +35,7 @@ from speech_ed.oomptimizer.step import StepSettings, build_training_step
 from speech_ed.oomptimizer.trial import GiB, Probe, TrialResult
 
 __all__ = ["GPU_MEMORY_GIB", "PROBES", "CpuProbe", "CudaProbe", "GiB", "Probe", "SimulateProbe",
-           "TrialResult", "build_fake_model", "is_out_of_memory", "make_probe"]
+           "TrialResult", "build_fake_model", "is_out_of_memory", "make_probe", "resolve_probe"]
 PROBES = ("cuda", "cpu", "simulate")
 # Approximate memory torch reports for common GPUs (GiB); pass --memory-budget-gib for an exact figure.
 GPU_MEMORY_GIB = {
@@ -172,6 +172,24 @@ class CudaProbe(Probe):
 
     def describe(self) -> dict:
         return {**super().describe(), "total_gib": round(self.total_bytes / GiB, 3)}
+
+
+def resolve_probe(probe: str, accelerator: str = "auto", target_gpu: Optional[str] = None) -> str:
+    """The one meaning of ``probe='auto'``: probe the device the batch sizes are for.
+
+    That is ``cuda`` when training will run on a visible CUDA GPU (one is visible and ``accelerator``, the
+    trainer's, is not 'cpu'): the real step, nothing to estimate. Otherwise ``simulate`` when a target GPU is
+    named (``oomptimize.target_gpu``: the batch sizes are for that GPU, planned here), else ``cpu`` (training
+    runs on this CPU; the cpu probe measures it under the memory budget given). Any other value is returned
+    as it is.
+    """
+    if probe != "auto":
+        return probe
+    import torch
+
+    if torch.cuda.is_available() and accelerator != "cpu":
+        return "cuda"
+    return "simulate" if target_gpu else "cpu"
 
 
 def make_probe(kind: str, dims: ModelDims, settings: StepSettings, memory_budget_gib: Optional[float] = None,

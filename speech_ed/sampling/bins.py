@@ -277,3 +277,10 @@ def estimate_bucket_bins(durations: np.ndarray, tokens: Optional[np.ndarray] = N
             out_t.append(tb)
             out_tps.append(max_tps)
     return BucketBins(out_d, out_t, out_tps, method=method)
+
+
+def estimate_open_1d_bins(durations: np.ndarray, num_buckets: int) -> BucketBins:
+    """Equal-duration 1D bins estimated from a sample of ``durations`` (seconds): the last bucket is unbounded,
+    so a cut longer than any in the sample goes there instead of being dropped."""
+    bins = estimate_bucket_bins(durations, num_buckets=num_buckets, method="equal")
+    return BucketBins(bins.durations[:-1] + [float("inf")], method="equal")

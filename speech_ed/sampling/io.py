@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -132,9 +133,8 @@ def save_bucket_batch_sizes(path: PathLike, batch_sizes: list[int], bins: Option
     atomic_write_text(path, _dump(data))
 
 
-def load_bucket_batch_sizes(path: PathLike, bins: Optional[BucketBins] = None) -> list[int]:
-    """Read ``bucket_batch_sizes.yaml``; with ``bins``, check there is one size per bucket (and, when the file
-    records its buckets, that they are the same bins).
+def read_bucket_batch_sizes(path: PathLike) -> tuple[list[int], dict]:
+    """Read ``bucket_batch_sizes.yaml``: its sizes (integers >= 1) and every field of the file (provenance).
 
     Also accepts NeMo's key name ``bucket_batch_size``.
     """
@@ -144,12 +144,86 @@ def load_bucket_batch_sizes(path: PathLike, bins: Optional[BucketBins] = None) -
         raise ValueError(f"{path}: field 'batch_sizes' must be a non-empty list of integers")
     if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
         raise ValueError(f"{path}: field 'batch_sizes' must hold integers >= 1, got {sizes}")
+    return [int(s) for s in sizes], data
+
+
+def regenerate_hint(data: dict, path: PathLike) -> str:
+    """How to measure the batch sizes of ``path`` again (its recorded command, else a template)."""
+    cmd = data.get("command") or ("speech-ed oomptimize --config <your config> --bins <bucket_bins.yaml> "
+                                  f"--probe cuda --out {path}")
+    return f"regenerate it with: {cmd}"
+
+
+def check_batch_sizes_belong(sizes: list[int], data: dict, bins: BucketBins, path: PathLike,
+                             bins_where: str = "", require_recorded: bool = False) -> None:
+    """The one definition of "these batch sizes belong to these bins": one size per bucket and, when the file
+    records the bins it was measured on (field ``buckets``, written by :func:`save_bucket_batch_sizes`), the
+    same buckets exactly (a YAML round trip keeps every number).
+
+    Args:
+        sizes, data: what :func:`read_bucket_batch_sizes` returned for ``path``.
+        bins: the bins the sizes are used with; ``bins_where`` names their file in errors.
+        require_recorded: refuse a file without ``buckets`` (training: the sizes must be traceable to bins).
+
+    Raises:
+        ValueError: naming both files and what differs.
+    """
+    where = f" ({bins_where})" if bins_where else ""
+    hint = regenerate_hint(data, path)
+    if len(sizes) != bins.num_buckets:
+        raise ValueError(f"{path}: {len(sizes)} batch sizes but the bucket bins{where} have {bins.num_buckets} "
+                         f"buckets; {hint}")
+    recorded = data.get("buckets")
+    if recorded is None:
+        if require_recorded:
+            raise ValueError(f"{path}: no field 'buckets', so the bins these sizes were measured on are "
+                             f"unknown; {hint}")
+        return
+    expected = bins_to_dict(bins)["buckets"]
+    if recorded != expected:
+        i = next((i for i, (a, b) in enumerate(zip(recorded, expected)) if a != b),
+                 min(len(recorded), len(expected)))
+        mine = recorded[i] if i < len(recorded) else None
+        raise ValueError(f"{path}: bucket {i} is {mine} in field 'buckets' but {expected[i]} in the bucket "
+                         f"bins{where}: the batch sizes were measured for other bins; {hint}")
+
+
+def load_bucket_batch_sizes(path: PathLike, bins: Optional[BucketBins] = None) -> list[int]:
+    """Read ``bucket_batch_sizes.yaml``; with ``bins``, check they belong to them
+    (:func:`check_batch_sizes_belong`)."""
+    sizes, data = read_bucket_batch_sizes(path)
     if bins is not None:
-        if len(sizes) != bins.num_buckets:
-            raise ValueError(f"{path}: {len(sizes)} batch sizes but the bucket bins have {bins.num_buckets} "
-                             "buckets; re-run `speech-ed oomptimize` with these bins")
-        recorded = data.get("buckets")
-        if recorded is not None and recorded != bins_to_dict(bins)["buckets"]:
-            raise ValueError(f"{path}: field 'buckets' differs from the bucket bins in use; the batch sizes "
-                             "were measured for other bins (re-run `speech-ed oomptimize`)")
-    return [int(s) for s in sizes]
+        check_batch_sizes_belong(sizes, data, bins, path)
+    return sizes
+
+
+@dataclass(frozen=True)
+class BinsAndBatchSizes:
+    """Bucket bins and the per-bucket batch sizes measured on them, read once and checked together."""
+
+    bins: Optional[BucketBins]
+    batch_sizes: Optional[list[int]]
+    bins_path: str = ""
+    batch_sizes_path: str = ""
+    batch_sizes_fields: dict = field(default_factory=dict)
+    """Every field of ``bucket_batch_sizes.yaml`` (provenance: ``model_hash``, ``probe``, ``command``, ...)."""
+
+
+def load_bins_and_batch_sizes(bins_path: Optional[PathLike], batch_sizes_path: Optional[PathLike] = None,
+                              require_recorded: bool = False) -> BinsAndBatchSizes:
+    """Read ``bucket_bins.yaml`` and ``bucket_batch_sizes.yaml`` once and check the sizes belong to the bins.
+
+    What training (data module, callbacks), the OOMptimizer's model check and ``padding-report`` use; empty
+    or None paths mean "none".
+
+    Raises:
+        ValueError: sizes without bins, or sizes that do not belong to the bins (both files named).
+    """
+    bins = load_bucket_bins(bins_path) if bins_path else None
+    if not batch_sizes_path:
+        return BinsAndBatchSizes(bins, None, str(bins_path or ""))
+    if bins is None:
+        raise ValueError(f"{batch_sizes_path}: per-bucket batch sizes need the bucket bins they were measured on")
+    sizes, data = read_bucket_batch_sizes(batch_sizes_path)
+    check_batch_sizes_belong(sizes, data, bins, batch_sizes_path, str(bins_path), require_recorded)
+    return BinsAndBatchSizes(bins, sizes, str(bins_path), str(batch_sizes_path), data)

@@ -6,19 +6,20 @@ import random
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
 from speech_ed.sampling.assignment import BucketAssigner
 from speech_ed.sampling.bins import BucketBins
 from speech_ed.sampling.constraints import DurationBudget, FixedBatchSizes
 from speech_ed.sampling.planner import EpochPlanner, needed_buffer_size
-
-STRATEGIES = ("random", "1d", "2d")
+from speech_ed.sampling.strategies import BUCKETING_STRATEGIES, BucketingStrategy
 
 
 @dataclass
 class SamplingPlan:
     """Everything but the data: which buckets exist, how cuts are assigned and how big batches are."""
 
-    strategy: str
+    strategy: BucketingStrategy
     assigner: BucketAssigner
     planner: EpochPlanner
     uses_tokens: bool
@@ -29,7 +30,8 @@ class SamplingPlan:
         return needed_buffer_size(p.policy, p.upper, p.world_size)
 
 
-def build_plan(strategy: str, bins: Optional[BucketBins] = None, batch_sizes: Optional[list[int]] = None,
+def build_plan(strategy: BucketingStrategy, bins: Optional[BucketBins] = None,
+               batch_sizes: Optional[list[int]] = None,
                max_duration_s: Optional[float] = None, quadratic_duration_s: Optional[float] = None,
                strict: bool = True, world_size: int = 1, buffer_size: Optional[int] = 20000,
                shuffle: bool = True, drop_last: bool = False) -> SamplingPlan:
@@ -41,8 +43,8 @@ def build_plan(strategy: str, bins: Optional[BucketBins] = None, batch_sizes: Op
     Raises:
         ValueError: naming the field and the fix, e.g. a batch-size list of the wrong length.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy not in BUCKETING_STRATEGIES:
+        raise ValueError(f"strategy must be one of {BUCKETING_STRATEGIES}, got {strategy!r}")
     if strategy == "random":
         if batch_sizes is not None:
             raise ValueError("strategy 'random' has no buckets; give max_duration_s instead of batch_sizes")
@@ -72,6 +74,30 @@ def build_plan(strategy: str, bins: Optional[BucketBins] = None, batch_sizes: Op
     planner = EpochPlanner(policy, upper, world_size=world_size, buffer_size=buffer_size or 1, shuffle=shuffle,
                            drop_last=drop_last, sort_tail=strategy != "random")
     return SamplingPlan(strategy, assigner, planner, uses_tokens=strategy == "2d")
+
+
+@dataclass
+class WarmupPlan:
+    """SortaGrad's first epoch on 2D bins: batches by duration group, the group's smallest batch size."""
+
+    plan: SamplingPlan
+    group_of: np.ndarray
+    """(num 2D buckets,) the duration group of each 2D bucket."""
+    group_start: list[int]
+    """First 2D bucket of each group (the bucket index a warm-up step reports)."""
+
+
+def build_warmup_plan(bins: BucketBins, batch_sizes: Optional[list[int]] = None,
+                      max_duration_s: Optional[float] = None, quadratic_duration_s: Optional[float] = None,
+                      strict: bool = True, world_size: int = 1, buffer_size: Optional[int] = 20000,
+                      shuffle: bool = True, drop_last: bool = False) -> WarmupPlan:
+    """The duration-only plan of a 2D SortaGrad first epoch (cuts are still assigned by the 2D bins)."""
+    groups = bins.duration_groups()
+    group_of = np.array([g for g, (_, a, e) in enumerate(groups) for _ in range(a, e)])
+    warm_sizes = None if batch_sizes is None else [min(batch_sizes[a:e]) for _, a, e in groups]
+    plan = build_plan("1d", bins.to_1d(), warm_sizes, max_duration_s, quadratic_duration_s, strict, world_size,
+                      buffer_size, shuffle, drop_last)
+    return WarmupPlan(plan, group_of, [a for _, a, _ in groups])
 
 
 def epoch_rng(seed: int, epoch: int) -> random.Random:

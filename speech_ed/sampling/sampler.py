@@ -39,15 +39,16 @@ from lhotse.cut import Cut
 from lhotse.dataset.sampling.base import CutSampler
 
 from speech_ed.sampling.assignment import FILTERED
-from speech_ed.sampling.bins import BucketBins, estimate_bucket_bins
+from speech_ed.sampling.bins import BucketBins, estimate_open_1d_bins
 from speech_ed.sampling.epoch_stats import bucket_fill, corpus_stats
 from speech_ed.sampling.mix import CorpusMix, EpochSequence
-from speech_ed.sampling.plan import STRATEGIES, SamplingPlan, build_plan, epoch_rng
+from speech_ed.sampling.plan import SamplingPlan, build_plan, build_warmup_plan, epoch_rng
 from speech_ed.sampling.planner import Step, resolve_buffer_size
 from speech_ed.sampling.sources import source_from_cutset
 from speech_ed.sampling.state import pack_steps, unpack_steps
+from speech_ed.sampling.strategies import BucketingStrategy
 
-__all__ = ["BucketingSampler", "STRATEGIES", "build_plan", "epoch_rng"]
+__all__ = ["BucketingSampler", "build_plan", "epoch_rng"]
 RECENT_STEPS = 256  # steps remembered for state_dict(consumed=...): more than any DataLoader prefetches
 
 
@@ -59,7 +60,7 @@ class BucketingSampler(CutSampler):
         num_tokens: decoder tokens of a cut (prompt included); required for strategy '2d' with ``cuts``
             (sources carry their token counts in their index).
         bins: bucket bins; '1d' estimates 30 equal-duration buckets when ``None``.
-        strategy: 'random', '1d' or '2d'.
+        strategy: 'random', '1d' or '2d' (:mod:`speech_ed.sampling.strategies`).
         batch_sizes: one fixed batch size per bucket (OOMptimizer output); overrides ``max_duration_s``.
         max_duration_s: padding-aware budget ``batch size x longest cut <= max_duration_s``.
         quadratic_duration_s: optional penalty, a cut of d seconds counts as d + d^2 / q.
@@ -81,7 +82,7 @@ class BucketingSampler(CutSampler):
     """
 
     def __init__(self, cuts: Optional[CutSet] = None, num_tokens: Optional[Callable[[Cut], int]] = None,
-                 bins: Optional[BucketBins] = None, strategy: str = "2d",
+                 bins: Optional[BucketBins] = None, strategy: BucketingStrategy = "2d",
                  batch_sizes: Optional[list[int]] = None,
                  max_duration_s: Optional[float] = None, quadratic_duration_s: Optional[float] = None,
                  strict: bool = True, shuffle: bool = True, seed: int = 0, buffer_size: Optional[int] = None,
@@ -97,7 +98,9 @@ class BucketingSampler(CutSampler):
         if strategy == "1d" and bins is None:
             if cuts is None:
                 raise ValueError("strategy '1d' with sources needs bins (speech-ed estimate-bins)")
-            bins = self._estimate_1d_bins(cuts, num_buckets, num_cuts_for_bins_estimate)
+            durations = np.fromiter((c.duration for _, c in zip(range(num_cuts_for_bins_estimate), cuts)),
+                                    dtype=np.float64)
+            bins = estimate_open_1d_bins(durations, num_buckets)
         self.plan = build_plan(strategy, bins, batch_sizes, max_duration_s, quadratic_duration_s, strict,
                                self.world_size, buffer_size, shuffle, drop_last)
         if self.plan.uses_tokens and cuts is not None and num_tokens is None:
@@ -108,12 +111,9 @@ class BucketingSampler(CutSampler):
         # are still assigned (and dropped) by the 2D bins, so both kinds of epoch train on the same cuts.
         self.warmup_plan: Optional[SamplingPlan] = None
         if sortagrad and strategy == "2d":
-            groups = bins.duration_groups()
-            self.group_of = np.array([g for g, (_, a, e) in enumerate(groups) for _ in range(a, e)])
-            self._group_start = [a for _, a, _ in groups]
-            warm_sizes = None if batch_sizes is None else [min(batch_sizes[a:e]) for _, a, e in groups]
-            self.warmup_plan = build_plan("1d", bins.to_1d(), warm_sizes, max_duration_s, quadratic_duration_s,
-                                          strict, self.world_size, buffer_size, shuffle, drop_last)
+            warmup = build_warmup_plan(bins, batch_sizes, max_duration_s, quadratic_duration_s, strict,
+                                       self.world_size, buffer_size, shuffle, drop_last)
+            self.warmup_plan, self.group_of, self._group_start = warmup.plan, warmup.group_of, warmup.group_start
         self._requested_buffer = buffer_size
         self.cuts, self.num_tokens, self._given_sources = cuts, num_tokens, sources
         self._weights, self._cuts_per_epoch = weights, cuts_per_epoch
@@ -134,13 +134,6 @@ class BucketingSampler(CutSampler):
         self._queue: deque = deque()  # restored steps that training had not consumed yet
         self._recent: deque = deque(maxlen=RECENT_STEPS)  # (index, step) of the last steps handed out
         self._epoch_started = False
-
-    @staticmethod
-    def _estimate_1d_bins(cuts: CutSet, num_buckets: int, limit: int) -> BucketBins:
-        durations = np.fromiter((c.duration for _, c in zip(range(limit), cuts)), dtype=np.float64)
-        bins = estimate_bucket_bins(durations, num_buckets=num_buckets, method="equal")
-        # Estimated from a sample: let the last bucket take anything longer instead of dropping it.
-        return BucketBins(bins.durations[:-1] + [float("inf")], method="equal")
 
     # ------------------------------------------------------------------------------------------ the corpora
 

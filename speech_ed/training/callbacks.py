@@ -3,7 +3,7 @@
 Per step (every ``trainer.log_every_n_steps``, so 1 means every step), next to what the LightningModule logs
 (loss, ``train/batch_size``, ``train/input_padding``, ``train/output_padding``: global rank 0's batch), this adds
 ``train/audio_s_per_s``, ``train/tokens_per_s``, ``train/step_s``, ``train/lr``, ``train/audio_seconds`` and,
-with the 2D bucketing sampler, ``train/bucket``: the bucket the step was drawn from (-1 for the end-of-epoch
+with the '2d' or '1d' sampler, ``train/bucket``: the bucket the step was drawn from (-1 for the end-of-epoch
 batches that mix buckets). The same step summed over every rank (one small all-gather per step under DDP) is
 logged as ``train/all_ranks/{batch_size,input_padding,output_padding,audio_seconds,audio_s_per_s,tokens_per_s}``:
 padding = padded / all samples (tokens) of all ranks' batches together, throughput = all ranks' audio (tokens)
@@ -18,6 +18,8 @@ import time
 import lightning as L
 import numpy as np
 import torch
+
+from speech_ed.sampling.strategies import WITH_BINS
 
 MIXED_BUCKET = -1
 
@@ -50,16 +52,16 @@ class BatchBucket:
 
 
 def bucket_finder(datamodule, sample_rate: int) -> BatchBucket | None:
-    """A :class:`BatchBucket` for a data module that samples with 2D/1D bucket bins, else None."""
+    """A :class:`BatchBucket` for a data module that samples with 2D/1D bucket bins (the bins it was given,
+    ``datamodule.bucketing``), else None."""
     cfg = getattr(datamodule, "cfg", None)
-    if cfg is None or cfg.data.sampler not in ("bucket2d", "bucket1d") or not cfg.data.bucket_bins:
+    if cfg is None or cfg.data.sampler not in WITH_BINS or not cfg.data.bucket_bins:
         return None
-    from speech_ed.sampling import load_bucket_bins
     from speech_ed.sampling.assignment import BucketAssigner
 
-    bins = load_bucket_bins(cfg.data.bucket_bins)
-    if cfg.data.sampler == "bucket1d" and bins.is_2d:
-        bins = bins.to_1d()  # 'bucket1d' batches by the duration groups of 2D bins
+    bins = datamodule.bucketing.bins
+    if cfg.data.sampler == "1d" and bins.is_2d:
+        bins = bins.to_1d()  # '1d' batches by the duration groups of 2D bins
     return BatchBucket(BucketAssigner(bins, strict=cfg.data.strict_2d), sample_rate)
 
 

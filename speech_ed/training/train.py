@@ -30,15 +30,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from speech_ed.atomic import atomic_write_binary, atomic_write_json
 from speech_ed.config import ConfigError, ExperimentConfig, config_to_yaml, save_config
-from speech_ed.data.datamodule import AEDDataModule
+from speech_ed.data.datamodule import AEDDataModule, load_bucketing
 from speech_ed.data.tokenizer import Tokenizer
 from speech_ed.models.checkpoint import save_model_file
+from speech_ed.paths import RunPaths
 from speech_ed.training.callbacks import ThroughputLogger
 from speech_ed.training.module import AEDLightningModule
-
-
-def tokenizer_path(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.tokenizer.path) if cfg.tokenizer.path else cfg.run_dir / "tokenizer" / "tokenizer.model"
 
 
 def progress_bar(every_n_steps: int, time_bounded: bool = False):
@@ -96,7 +93,7 @@ def resume_checkpoint(cfg: ExperimentConfig) -> Path | None:
     if resume in (None, ""):
         return None
     if resume == "last":
-        last = cfg.run_dir / "checkpoints" / "last.ckpt"
+        last = RunPaths.from_config(cfg).last_checkpoint
         return last if last.is_file() else None
     path = Path(resume)
     if not path.is_file():
@@ -111,22 +108,23 @@ def train(cfg: ExperimentConfig, callbacks: tuple = ()) -> Path:
         cfg: the resolved config.
         callbacks: extra Lightning callbacks (tests use them to record batches or to inject faults).
     """
-    run_dir = cfg.run_dir
+    paths = RunPaths.from_config(cfg)
+    run_dir = paths.run_dir
     ckpt_path = resume_checkpoint(cfg)
-    save_config(cfg, run_dir / "config.resolved.yaml")
+    save_config(cfg, paths.resolved_config)
     print(config_to_yaml(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
 
-    tokenizer = Tokenizer.load(tokenizer_path(cfg))
-    if cfg.data.bucket_batch_sizes:  # refuse sizes measured for another model or other bins, before any data
-        from speech_ed.oomptimizer import check_batch_sizes_match
-        from speech_ed.sampling import load_bucket_bins
+    tokenizer = Tokenizer.load(paths.tokenizer_model)
+    bucketing = load_bucketing(cfg)  # bins + batch sizes read and checked together once, before any data
+    if bucketing is not None and bucketing.batch_sizes is not None:  # refuse sizes measured for another model
+        from speech_ed.oomptimizer import check_model_hash
 
-        check_batch_sizes_match(cfg.data.bucket_batch_sizes, load_bucket_bins(cfg.data.bucket_bins),
-                                dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
-    datamodule = AEDDataModule(cfg, tokenizer)
+        check_model_hash(bucketing.batch_sizes_fields, bucketing.batch_sizes_path,
+                         dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
+    datamodule = AEDDataModule(cfg, tokenizer, bucketing)
     module = AEDLightningModule(dataclasses.asdict(cfg), tokenizer.vocab_size)
     if ckpt_path is not None:
         print(f"resuming from {ckpt_path}")
@@ -134,7 +132,7 @@ def train(cfg: ExperimentConfig, callbacks: tuple = ()) -> Path:
     print(f"model: {n_params / 1e6:.2f} M parameters, vocabulary {tokenizer.vocab_size}")
 
     t = cfg.trainer
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = paths.checkpoints
     for stale in ckpt_dir.glob(".*.tmp"):  # left by a kill mid-write; never read
         stale.unlink(missing_ok=True)
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), every_n_train_steps=t.checkpoint_every_n_steps,
@@ -167,9 +165,9 @@ def train(cfg: ExperimentConfig, callbacks: tuple = ()) -> Path:
         raise RuntimeError(f"{where}: {out_of_memory_advice(cfg.data.bucket_batch_sizes)}") from e
     wall_s = time.monotonic() - t0
 
-    model_path = run_dir / "model.pt"
+    model_path = paths.model
     if trainer.is_global_zero:
-        extra = {"tokenizer_model": tokenizer_path(cfg).read_bytes(), "tokenizer_meta": tokenizer.meta,
+        extra = {"tokenizer_model": paths.tokenizer_model.read_bytes(), "tokenizer_meta": tokenizer.meta,
                  "config": dataclasses.asdict(cfg), "global_step": trainer.global_step}
         save_model_file(model_path, module.model, module.dims, extra)
         throughput = next(c for c in trainer.callbacks if isinstance(c, ThroughputLogger))
@@ -181,6 +179,6 @@ def train(cfg: ExperimentConfig, callbacks: tuple = ()) -> Path:
                  "non_finite_steps": module.non_finite_steps, "empty_batches": module.empty_batches,
                  "sampler_stats": dict(getattr(datamodule.sampler, "stats", {}) or {}),
                  "corpora": datamodule.corpus_stats()}
-        atomic_write_json(run_dir / "train_stats.json", stats)
+        atomic_write_json(paths.train_stats, stats)
         print("training done:", json.dumps(stats))
     return model_path

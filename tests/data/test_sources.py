@@ -133,6 +133,7 @@ def test_dataset_reads_audio_from_tar_shards_and_nemo_files(corpora, tokenizer, 
     assert all(b["audio"].shape[0] == len(b["cut_ids"]) and b["audio"].abs().max() > 0 for b in batches)
 
 
+@pytest.mark.slow
 def test_training_on_a_shar_and_nemo_mix_reports_each_corpus(corpora, tokenizer, tmp_path):
     from speech_ed.config import load_config
     from speech_ed.training.train import train
@@ -171,7 +172,7 @@ def test_estimate_bins_over_the_weighted_mix(corpora, tokenizer, tmp_path):
         "exp_dir": str(tmp_path / "exp"), "tokenizer": {"path": str(tokenizer.model_path),
                                                         "languages": ["en", "es", "it"]},
         "prepare": {"languages": ["es", "it"]},
-        "data": {"sampler": "bucket2d", "bucket_bins": str(tmp_path / "bins.yaml"), "cuts_per_epoch": 240,
+        "data": {"sampler": "2d", "bucket_bins": str(tmp_path / "bins.yaml"), "cuts_per_epoch": 240,
                  "max_utterance_s": 2.0, "inputs": [{"path": str(shar), "weight": 3.0},
                                                    {"path": str(nemo), "weight": 1.0}]}}))
     assert cli(["estimate-bins", "--config", str(config), "--num-buckets", "3", "--sub-buckets", "2",

@@ -5,12 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from speech_ed.training.train import train
 from tests.training.test_train_smoke import _write_run
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_compare_decoding_reports_every_mode(tmp_path, small_cuts, tokenizer):
     cfg = _write_run(tmp_path, small_cuts, tokenizer, ["trainer.max_steps=2", "optim.warmup_steps=1"])
     train(cfg)

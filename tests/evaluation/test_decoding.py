@@ -62,7 +62,8 @@ def test_decode_audio_is_encode_then_decode(tiny_model, mode):
 
 def test_evaluate_transcribe_and_bench_rtfx_share_the_decode_path(tmp_path, small_cuts, tokenizer, monkeypatch):
     """Each of the three callers reaches speech_ed.evaluation.decoding.decode_audio -> models.decoding.decode."""
-    from speech_ed.commands import bench_rtfx
+    from speech_ed.commands.bench_rtfx import add_arguments, settings_from_args
+    from speech_ed.evaluation import rtfx
     from speech_ed.evaluation.evaluate import transcribe_cuts
     from speech_ed.evaluation.transcribe import transcribe_files
 
@@ -89,9 +90,9 @@ def test_evaluate_transcribe_and_bench_rtfx_share_the_decode_path(tmp_path, smal
 
     calls.clear()
     parser = argparse.ArgumentParser()
-    bench_rtfx.add_arguments(parser)
-    args = parser.parse_args(["--presets", "tiny", "--num-utterances", "3", "--batch-size", "3"])
-    utts = bench_rtfx.load_utterances(args)
-    r = bench_rtfx.run_pass(model, bench_rtfx.make_batches(utts, 3), args, True, 100)
+    add_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--presets", "tiny", "--num-utterances", "3", "--batch-size", "3"]))
+    utts = rtfx.load_utterances(settings)
+    r = rtfx.run_pass(model, rtfx.make_batches(utts, 3), settings, True, 100)
     assert r["output_tokens"] == sum(u.num_tokens for u in utts)
     assert len(calls) == 1 and calls[0].mode == "attention" and calls[0].compact

@@ -11,10 +11,10 @@ from lhotse import CutSet
 
 from speech_ed.cli import main as cli_main
 from speech_ed.data.prompt import count_decoder_tokens
-from speech_ed.sampling import estimate_bucket_bins
-from speech_ed.sampling.io import save_bucket_bins
 from speech_ed.experiments.budgets import duration_intervals, safe_max_duration
 from speech_ed.experiments.dev_curve import DevCurve
+from speech_ed.sampling import estimate_bucket_bins
+from speech_ed.sampling.io import save_bucket_bins
 from tests.conftest import TEXTS, make_cut
 
 SLOW_EVAL_S = 0.3
@@ -45,6 +45,7 @@ def _study_args(root, *extra):
             "model_preset=tiny", "data.num_workers=0", "data.num_buckets=2", "optim.warmup_steps=1", *extra]
 
 
+@pytest.mark.slow
 def test_efficiency_study_end_to_end(tmp_path, tokenizer, monkeypatch, capsys):
     run = _prepared_run(tmp_path, tokenizer)
     measure = DevCurve.measure
@@ -60,9 +61,10 @@ def test_efficiency_study_end_to_end(tmp_path, tokenizer, monkeypatch, capsys):
     study = report["studies"]["cpu"]
     assert study == json.loads((run / "efficiency" / "efficiency.json").read_text())
     runs = study["strategies"]
-    assert study["strategy_order"] == ["random", "1d", "2d-oomptimizer"] and set(runs) == set(study["strategy_order"])
-    assert {k: r["sampler"] for k, r in runs.items()} == {"random": "random", "1d": "dynamic",
-                                                          "2d-oomptimizer": "bucket2d"}
+    assert study["strategy_order"] == ["random", "lhotse", "2d-oomptimizer"]
+    assert set(runs) == set(study["strategy_order"])
+    assert {k: r["sampler"] for k, r in runs.items()} == {"random": "random", "lhotse": "lhotse",
+                                                          "2d-oomptimizer": "2d"}
     # every batch the random and 1D budgets allow fits: floor(D / eff(lo)) cuts at most in each interval
     probed = json.loads((run / "efficiency" / "budgets.json").read_text())["result"]
     for name, q in (("random", None), ("1d", 15.0)):
@@ -102,21 +104,21 @@ def test_efficiency_study_end_to_end(tmp_path, tokenizer, monkeypatch, capsys):
 
     # a second study reuses the probing and the finished runs, and adds the two ablations
     capsys.readouterr()
-    ablations = "random,1d,2d-oomptimizer,1d-sortagrad,2d-no-sortagrad"
+    ablations = "random,lhotse,2d-oomptimizer,1d-sortagrad,2d-no-sortagrad"
     assert cli_main(_study_args(tmp_path, "--strategies", ablations)) == 0
     out = capsys.readouterr().out
     assert "budgets: reusing" in out and out.count("reusing the finished run") == 3
     study2 = json.loads((run / "efficiency" / "efficiency.json").read_text())
     runs2 = study2["strategies"]
     assert {k: r["sampler"] for k, r in runs2.items()} == {
-        "random": "random", "1d": "dynamic", "2d-oomptimizer": "bucket2d", "1d-sortagrad": "bucket1d",
-        "2d-no-sortagrad": "bucket2d"}
+        "random": "random", "lhotse": "lhotse", "2d-oomptimizer": "2d", "1d-sortagrad": "1d",
+        "2d-no-sortagrad": "2d"}
     assert study2["settings"]["sortagrad"]["1d-sortagrad"] is True
     assert study2["settings"]["sortagrad"]["2d-no-sortagrad"] is False
     assert study2["budgets"] == study["budgets"]  # the ablations train with the main strategies' settings
-    assert runs2["1d-sortagrad"]["batch_setting"] == runs2["1d"]["batch_setting"]
+    assert runs2["1d-sortagrad"]["batch_setting"] == runs2["lhotse"]["batch_setting"]
     assert runs2["2d-no-sortagrad"]["batch_setting"] == runs2["2d-oomptimizer"]["batch_setting"]
-    for name in ("random", "1d", "2d-oomptimizer"):  # reused as they were
+    for name in ("random", "lhotse", "2d-oomptimizer"):  # reused as they were
         assert runs2[name]["curve"] == runs[name]["curve"]
     assert study2["criteria"] == study["criteria"]  # the criteria compare the main three only
     assert "audio_per_second_2d_over_1d_sortagrad" in study2["comparisons"]
@@ -133,6 +135,8 @@ def test_missing_prepared_run_is_a_clear_error(tmp_path, capsys):
     assert "not prepared" in err and "cuts_train.jsonl.gz" in err and "tokenizer.model" in err
     assert cli_main(_study_args(tmp_path, "--strategies", "random,2d")) == 1
     assert "unknown ['2d']" in capsys.readouterr().err
+    assert cli_main(_study_args(tmp_path, "--strategies", "random,1d")) == 1  # lhotse's sampler, named otherwise
+    assert "'1d' is now 'lhotse'" in capsys.readouterr().err
 
 
 def test_duration_intervals_and_safe_budget():

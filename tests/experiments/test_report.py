@@ -19,7 +19,7 @@ def _run(speed, padding, curve, train_s=100.0):
 def _study(random_final_wer=105.0):
     runs = {
         "random": _run(100.0, 0.5, [(0, 170, 180), (50, 120, 110), (100, random_final_wer, 100)]),
-        "1d": _run(150.0, 0.05, [(0, 170, 180), (50, 100, 90), (100, 90, 70)]),
+        "lhotse": _run(150.0, 0.05, [(0, 170, 180), (50, 100, 90), (100, 90, 70)]),
         "2d-oomptimizer": _run(210.0, 0.04, [(0, 170, 180), (25, 130, 95), (50, 80, 60), (100, 40, 20)]),
         "1d-sortagrad": _run(175.0, 0.05, [(0, 170, 180), (50, 70, 50), (100, 50, 30)]),
         "2d-no-sortagrad": _run(205.0, 0.04, [(0, 170, 180), (100, 98, 95)]),
@@ -28,8 +28,8 @@ def _study(random_final_wer=105.0):
             "created": "2026-11-26T12:00:00", "recipe": "r", "run": "x", "model_preset": "small",
             "precision": "bf16-mixed", "seed": 0, "command": "speech-ed efficiency-study ...",
             "settings": {"minutes": 1.0, "steps": None, "dev_cuts": 3, "eval_every_s": 25.0,
-                         "quadratic_duration_s": 15.0, "num_buckets_1d": 2,
-                         "sortagrad": {"random": True, "1d": True, "2d-oomptimizer": True, "1d-sortagrad": True,
+                         "quadratic_duration_s": 15.0, "num_buckets_lhotse": 2,
+                         "sortagrad": {"random": True, "lhotse": True, "2d-oomptimizer": True, "1d-sortagrad": True,
                                        "2d-no-sortagrad": False}},
             "memory": {"memory_gib": 0.4, "memory_fraction": 1.0, "limit_gib": 0.4, "probe": "cpu",
                        "device": "cpu", "trials": 5}}
@@ -43,10 +43,10 @@ def test_comparisons_criteria_and_ablations():
     assert runs["2d-oomptimizer"]["seconds_to_reach_random_final_loss"] == 25  # 95 <= 100
     assert runs["2d-no-sortagrad"]["seconds_to_reach_random_final_wer"] == 100
     assert runs["random"]["padded_audio_seconds_per_second"] == pytest.approx(200.0)
-    assert c["audio_per_second_2d_over_random"] == 2.1 and c["audio_per_second_2d_over_1d"] == 1.4
+    assert c["audio_per_second_2d_over_random"] == 2.1 and c["audio_per_second_2d_over_lhotse"] == 1.4
     assert c["time_to_random_final_wer_2d_over_random"] == 0.5
     assert c["time_to_random_final_loss_2d_over_random"] == 0.25
-    assert k == {"2d_audio_per_second_at_least_2x_random": True, "2d_audio_per_second_at_least_1.3x_1d": True,
+    assert k == {"2d_audio_per_second_at_least_2x_random": True, "2d_audio_per_second_at_least_1.3x_lhotse": True,
                  "2d_reaches_random_final_wer_in_half_its_time": True}
     assert c["audio_per_second_2d_over_1d_sortagrad"] == 1.2
     assert c["time_to_1d_sortagrad_final_wer_2d_over_1d_sortagrad"] == 1.0  # 2D reaches 50 % only at 100 s
@@ -54,7 +54,7 @@ def test_comparisons_criteria_and_ablations():
     assert c["random_final_wer_below_empty_output"] is False
     md = study_markdown(study, "p.png")
     assert "no better than an empty transcript" in md
-    assert "SortaGrad (a shortest-first first epoch" in md and "on for random, 1d, 2d-oomptimizer, 1d-sortagrad" in md
+    assert "SortaGrad (a shortest-first first epoch" in md and "on for random, lhotse, 2d-oomptimizer, 1d-sortagrad" in md
     assert "2D time to 1D's final dev WER / 1D's training time: 1.00 (dev loss: 1.00)" in md
     assert "- Ablation, 2D against 1D with the same SortaGrad curriculum: audio per second 1.20x" in md
     assert "- Ablation, 2D without SortaGrad: final dev WER 98.00 % (with: 40.00 %)" in md

@@ -188,6 +188,7 @@ def test_static_decoder_step_applies_the_nemo_embedding():
     assert static == dynamic == [g["ids"] for g in ref["greedy"]]
 
 
+@pytest.mark.slow
 def test_docs_page_commands_run_as_written(tmp_path):
     """docs/NEMO.md's first bash block, verbatim, in a scratch folder that links the checkout's tests and venv."""
     import os

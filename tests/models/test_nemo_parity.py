@@ -105,7 +105,7 @@ def _nemo_python() -> str | None:
     return None
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_with_nemo_installed_larger_model_and_export(tmp_path):
     """Build small_canary2 (canary2 prompt, aggregate 2176-token tokenizer, 4 x 256 encoder) with NeMo, check
     parity; export the tiny fixture back to .nemo and check NeMo restores it with the same outputs."""

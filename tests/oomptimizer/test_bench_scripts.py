@@ -34,7 +34,7 @@ def test_gpu_check_names_the_gpu_it_runs_on():
     assert guess_target_gpu("Some sm90 board", 94.0, (9, 0)) == "h100-80gb"  # same capability, closest memory
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 def test_simulate_vs_cuda_script(tmp_path):
     out = tmp_path / "vs_cuda"
     printed = run("bench_oomptimizer_simulate_vs_cuda.py", "--out", str(out), "--preset", "tiny",
@@ -46,7 +46,7 @@ def test_simulate_vs_cuda_script(tmp_path):
     assert len(report["peaks_at_cuda_sizes"]) == 5 and "tensor peak (GiB) at the cuda sizes" in printed
 
 
-@pytest.mark.slow
+@pytest.mark.bench
 @pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
 def test_mixture_script(tmp_path):
     data = tmp_path / "data"

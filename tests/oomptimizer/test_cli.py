@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import pytest
 import yaml
 
 from speech_ed.cli import main
@@ -11,6 +12,7 @@ from speech_ed.sampling.bins import BucketBins
 from speech_ed.sampling.io import load_bucket_bins, save_bucket_bins
 
 
+@pytest.mark.slow
 def test_oomptimize_simulate_writes_checked_sizes(tmp_path, capsys):
     bins_path, out = tmp_path / "bucket_bins.yaml", tmp_path / "bucket_batch_sizes.yaml"
     save_bucket_bins(bins_path, BucketBins([1.0, 2.0], [12, 24]))

@@ -108,6 +108,7 @@ def test_cuda_autocast_layer_norm_and_dropout():
             assert y.dtype == torch.bfloat16 and tracker.live == 4 * 10 * 8 * 2 + 4 * 10 * 8
 
 
+@pytest.mark.slow
 def test_small_preset_has_no_quadratic_term_with_fused_attention():
     """Hand-computed bound: at a fixed batch and token count, a step whose attention keeps (B, H, T, T) scores
     has a second difference over durations d, 2d, 3d of at least 2 x B x layers x H x T_d^2 x 2 bytes (the

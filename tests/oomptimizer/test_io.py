@@ -63,7 +63,7 @@ def test_other_bins_are_refused(tmp_path, dims):
     write(path, dims)
     with pytest.raises(ValueError, match="bucket 2 .*other bins.*regenerate"):
         check_batch_sizes_match(path, BucketBins([2.0, 2.0, 6.0], [12, 20, 40]), dims)
-    with pytest.raises(ValueError, match="3 batch sizes but training uses 2 buckets"):
+    with pytest.raises(ValueError, match="3 batch sizes but the bucket bins have 2 buckets"):
         check_batch_sizes_match(path, BucketBins([2.0, 5.0], [12, 40]), dims)
 
 

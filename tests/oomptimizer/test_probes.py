@@ -50,6 +50,7 @@ def test_cpu_preflight_skips_a_hopeless_first_trial(dims):
     assert res.peak_bytes > 2 * LIMIT
 
 
+@pytest.mark.slow
 def test_search_with_simulate_fills_the_limit(sim_probe):
     bins = [(1.0, 12), (2.0, 40)]
     results = run_oomptimizer(bins, sim_probe, start=16, rel_gap=0.2)
@@ -115,3 +116,17 @@ def test_gpu_trials_replay_the_allocator_and_fresh_checks_do_not_depend_on_histo
     before = probe.fits(64, 2.0, 24)
     probe.trial(20_000, 4.0, 48)  # leaves a different cache behind
     assert probe.fits(64, 2.0, 24) == before
+
+
+def test_auto_probe_is_the_device_the_batch_sizes_are_for(monkeypatch):
+    import torch
+
+    from speech_ed.oomptimizer.probes import resolve_probe
+
+    assert resolve_probe("simulate", "gpu", "h100-80gb") == "simulate"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_probe("auto", "auto", "h100-80gb") == "cuda"
+    assert resolve_probe("auto", "cpu", "h100-80gb") == "simulate"  # training on the CPU: plan for the target
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_probe("auto", "gpu", "h100-80gb") == "simulate"
+    assert resolve_probe("auto", "auto", None) == "cpu"  # no target GPU: this machine's CPU

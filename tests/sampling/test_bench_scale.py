@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TSV = ROOT.parent / "shared" / "data" / "librispeech" / "dev-clean.tsv"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not TSV.is_file(), reason="../shared/data (corpus metadata) is not on this machine")
 def test_bench_sampler_scale_quick_check(tmp_path):
     out = tmp_path / "bench"

@@ -128,8 +128,30 @@ def test_batch_sizes_must_match_bins(tmp_path):
     assert load_bucket_batch_sizes(tmp_path / "bs.yaml", bins) == [30, 20, 10]
     with pytest.raises(ValueError, match="3 batch sizes but the bucket bins have 2 buckets"):
         load_bucket_batch_sizes(tmp_path / "bs.yaml", BucketBins([1.0, 2.0]))
-    with pytest.raises(ValueError, match="differs from the bucket bins"):
+    with pytest.raises(ValueError, match=r"bucket 2 is \[2.0, 12\] in field 'buckets' but \[3.0, 12\] in the bucket "
+                                         "bins: the batch sizes were measured for other bins"):
         load_bucket_batch_sizes(tmp_path / "bs.yaml", BucketBins([1.0, 1.0, 3.0], [5, 9, 12]))
     (tmp_path / "bad.yaml").write_text("batch_sizes: [3, 0]\n")
     with pytest.raises(ValueError, match="integers >= 1"):
         load_bucket_batch_sizes(tmp_path / "bad.yaml")
+
+
+def test_bins_and_batch_sizes_are_read_and_checked_together(tmp_path):
+    from speech_ed.sampling.io import load_bins_and_batch_sizes
+
+    bins = BucketBins([1.0, 1.0, 2.0], [5, 9, 12])
+    save_bucket_bins(tmp_path / "bins.yaml", bins)
+    save_bucket_batch_sizes(tmp_path / "bs.yaml", [30, 20, 10], bins, model_hash="abc")
+    loaded = load_bins_and_batch_sizes(tmp_path / "bins.yaml", tmp_path / "bs.yaml", require_recorded=True)
+    assert loaded.bins == bins and loaded.batch_sizes == [30, 20, 10]
+    assert loaded.batch_sizes_fields["model_hash"] == "abc" and loaded.batch_sizes_path == str(tmp_path / "bs.yaml")
+    assert load_bins_and_batch_sizes(tmp_path / "bins.yaml", "").batch_sizes is None
+    save_bucket_bins(tmp_path / "other.yaml", BucketBins([1.0, 1.0, 2.5], [5, 9, 12]))
+    with pytest.raises(ValueError, match=r"bs.yaml: bucket 2 is \[2.0, 12\] .* bucket bins \(.*other.yaml\)"):
+        load_bins_and_batch_sizes(tmp_path / "other.yaml", tmp_path / "bs.yaml")
+    save_bucket_batch_sizes(tmp_path / "hand.yaml", [30, 20, 10])  # records no bins
+    assert load_bins_and_batch_sizes(tmp_path / "bins.yaml", tmp_path / "hand.yaml").batch_sizes == [30, 20, 10]
+    with pytest.raises(ValueError, match="hand.yaml: no field 'buckets'"):
+        load_bins_and_batch_sizes(tmp_path / "bins.yaml", tmp_path / "hand.yaml", require_recorded=True)
+    with pytest.raises(ValueError, match="need the bucket bins"):
+        load_bins_and_batch_sizes("", tmp_path / "bs.yaml")

@@ -94,7 +94,7 @@ def test_restore_inside_the_warmup_epoch_continues_exactly(data, tmp_path):
 
 
 def test_1d_on_2d_bins_with_sortagrad_batches_by_duration_group_shortest_first(data):
-    """data.sampler=bucket1d (the efficiency study's '1d-sortagrad' ablation): duration groups of the 2D bins,
+    """data.sampler=1d (the efficiency study's '1d-sortagrad' ablation): duration groups of the 2D bins,
     a padding-aware quadratic budget, the shortest group first in epoch 0 only."""
     cuts, tokens, bins = data
     by_id = {c.id: c for c in cuts}

@@ -3,8 +3,8 @@
 import csv
 import json
 
-from speech_ed.commands.evaluate import evaluate
 from speech_ed.config import load_config
+from speech_ed.evaluation.evaluate import evaluate_split as evaluate
 from speech_ed.training.train import train
 
 
