@@ -37,7 +37,7 @@ test-all: install ## every test, the bench-marked ones (minutes each) included
 	WANDB_MODE=offline $(VENV)/bin/pytest -m 'bench or not bench'
 
 lint: install ## ruff check (installs ruff into the venv)
-	$(VENV)/bin/pip install -q ruff==0.17.5 && $(VENV)/bin/ruff check speech_ed tests recipes
+	$(VENV)/bin/pip install -q ruff==0.17.5 && $(VENV)/bin/ruff check speech_ed tests recipes scripts
 
 clean-exp: ## delete exp/ (all runs)
 	rm -rf exp

@@ -115,7 +115,7 @@ def table(lengths: Lengths, max_duration_s: float, seeds: int, title: str) -> li
     for name, strategy, method, k, m in CONFIGS:
         reps = [run_config(lengths, strategy, method, k, m, max_duration_s, s) for s in range(seeds)]
 
-        def agg(key, scale=1.0):
+        def agg(key, scale=1.0, reps=reps):
             v = np.array([r[key] for r in reps], dtype=float) * scale
             return float(v.mean()), float(v.min()), float(v.max())
 

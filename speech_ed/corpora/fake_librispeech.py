@@ -89,7 +89,7 @@ def plan_fake_librispeech(root: str | Path, parts: dict[str, int], speakers_per_
         raise ValueError(f"{sum(parts.values())} utterances asked, only {len(texts)} English sentences")
     corpus = Path(root).resolve() / "LibriSpeech"
     plan, used, speaker = {}, 0, 100
-    for p, part in enumerate(sorted(parts)):
+    for part in sorted(parts):
         rng = random.Random(f"{seed}:{part}:voices")
         slots = []  # (speaker, chapter, voice, pitch)
         for _ in range(speakers_per_part):

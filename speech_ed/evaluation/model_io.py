@@ -36,7 +36,10 @@ def load_for_inference(path: str | Path, device: str = "cpu"):
     model, dims, extra = load_model(path, device)
     if "tokenizer_model" not in extra:
         raise ValueError(f"{path} carries no tokenizer; re-export it with `speech-ed train`")
-    tmp = Path(tempfile.mkdtemp(prefix="speech_ed_tok_"))
-    atomic_write_binary(tmp / "tokenizer.model", lambda f: f.write(extra["tokenizer_model"]))
-    atomic_write_text(tmp / "tokenizer.json", json.dumps(extra.get("tokenizer_meta", {})))
-    return model.to(device), Tokenizer.load(tmp / "tokenizer.model")
+    # The tokenizer reads both files when it is built, so the folder is removed right after.
+    with tempfile.TemporaryDirectory(prefix="speech_ed_tok_") as tmp:
+        tmp = Path(tmp)
+        atomic_write_binary(tmp / "tokenizer.model", lambda f: f.write(extra["tokenizer_model"]))
+        atomic_write_text(tmp / "tokenizer.json", json.dumps(extra.get("tokenizer_meta", {})))
+        tokenizer = Tokenizer.load(tmp / "tokenizer.model")
+    return model.to(device), tokenizer

@@ -168,7 +168,7 @@ def min_padding_bounds(sorted_values: np.ndarray, num_bins: int) -> list[float]:
     f = [inf] * (u + 1)
     f[0] = 0.0
     choice = []
-    for k in range(1, k_max + 1):
+    for _ in range(k_max):  # one more bucket per pass
         g = [inf] * (u + 1)
         arg = [0] * (u + 1)
         hull_m, hull_b, hull_i = [], [], []  # lines y = m x + b, slopes strictly decreasing

@@ -38,7 +38,7 @@ def test_equals_lhotse_path(tmp_path, tokenizer, small_cuts):
     cuts = small_cuts + extra + punct + mixed
     path = _write_manifest(cuts, tmp_path / "cuts.jsonl.gz")
     for pnc in (False, True):
-        ref = measure_lengths(CutSet.from_file(path), lambda c: count_decoder_tokens(c, tokenizer, pnc))
+        ref = measure_lengths(CutSet.from_file(path), lambda c, pnc=pnc: count_decoder_tokens(c, tokenizer, pnc))
         for workers in (0, 2):
             got = measure_manifest_lengths(path, tokenizer.model_path, pnc=pnc, num_workers=workers,
                                            chunk_size=5, progress=False)
